@@ -1,0 +1,55 @@
+"""Shared test fixtures: paths to ../shared and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
+SET5 = SHARED / "datasets" / "bench" / "Set5"
+SET14 = SHARED / "datasets" / "bench" / "Set14"
+TRAIN = SHARED / "datasets" / "train"
+CHECKPOINTS = SHARED / "checkpoints"
+
+# Under pytest-xdist every worker gets one thread: two workers fill the two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def need_shared(path: Path) -> Path:
+    """Return ``path`` or skip the test, saying which ../shared file is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is not beside the repository)")
+    return path
+
+
+@pytest.fixture
+def set5() -> Path:
+    return need_shared(SET5)
+
+
+@pytest.fixture
+def set14() -> Path:
+    return need_shared(SET14)
+
+
+@pytest.fixture
+def checkpoints() -> Path:
+    return need_shared(CHECKPOINTS)
+
+
+@pytest.fixture
+def train_dir() -> Path:
+    return need_shared(TRAIN)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's real weights cache or the network."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))

@@ -1,0 +1,44 @@
+"""The model zoo: a registry of architectures and named models (see :mod:`.registry`).
+
+Every module of this package registers its family at import time; importing the package
+imports them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .loaded import LoadedModel
+from .registry import (
+    Arch,
+    Convention,
+    ModelSpec,
+    create_model,
+    get_arch,
+    get_spec,
+    list_archs,
+    list_specs,
+    register_arch,
+    register_model,
+)
+
+_INFRA = {"registry", "loaded", "layers"}
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name not in _INFRA and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = [
+    "Arch",
+    "Convention",
+    "LoadedModel",
+    "ModelSpec",
+    "create_model",
+    "get_arch",
+    "get_spec",
+    "list_archs",
+    "list_specs",
+    "register_arch",
+    "register_model",
+]

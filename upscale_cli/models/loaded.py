@@ -1,0 +1,106 @@
+"""The descriptor of a network ready to run, in the spirit of spandrel's ``ModelDescriptor``.
+
+Everything downstream (engine, bench, CLI) talks to a :class:`LoadedModel` and never to a
+family directly: it knows the scale, the size rules, which reduced precisions are safe, the
+receptive-field radius the tiler needs, and it hides the family's input convention behind one
+calling convention: **RGB in 0..1, shape (N, 3, H, W), float** in and the same at ``scale``
+times the size out (not clamped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..color import rgb_to_ycbcr, ycbcr_to_rgb
+from .registry import Arch
+
+
+@dataclass
+class LoadedModel:
+    """A network with the facts needed to run it.
+
+    Attributes:
+        name: model name (registry name, or the file name for ``--weights``).
+        arch: the family descriptor.
+        module: the network, in eval mode.
+        scale: the scale this descriptor runs at.
+        kwargs: the kwargs it was built with.
+        source: where the weights came from (path, URL, ``"random"``, ``"none"``).
+        sha256: hex digest of the weights file, when there was one.
+        extra: anything else worth reporting (e.g. training metadata).
+    """
+
+    name: str
+    arch: Arch
+    module: nn.Module
+    scale: int
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "random"
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def convention(self) -> str:
+        return self.arch.convention
+
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius in input pixels (tiling overlap for exact seams)."""
+        return self.arch.radius(self.kwargs, self.scale)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.arch.size_multiple(self.kwargs, self.scale)
+
+    @property
+    def supports_fp16(self) -> bool:
+        return self.arch.fp16
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.arch.bf16
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> LoadedModel:
+        """Move the network (in place) and return self."""
+        self.module.to(device)
+        if memory_format is not None:
+            self.module.to(memory_format=memory_format)
+        return self
+
+    def _net(self, x: Tensor) -> Tensor:
+        if self.arch.multiscale:
+            return self.module(x, self.scale)
+        return self.module(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Upscale a batch: RGB 0..1 ``(N, 3, H, W)`` -> RGB 0..1 ``(N, 3, sH, sW)``."""
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        if self.convention == "rgb":
+            y = self._net(x)
+        elif self.convention == "rgb255":
+            y = self._net(x * 255.0) / 255.0
+        else:  # "y": the net sees luma only; chroma is upscaled with the bicubic
+            from ..resize import imresize
+
+            ycc = rgb_to_ycbcr(x)
+            luma = self._net(ycc[:, :1])
+            chroma = imresize(ycc[:, 1:].float(), scale=self.scale).to(luma.dtype)
+            y = ycbcr_to_rgb(torch.cat([luma, chroma], dim=1))
+        if ph or pw:
+            y = y[..., : h * self.scale, : w * self.scale]
+        return y

@@ -1,0 +1,182 @@
+"""One registry for every network of the zoo, in the style of timm.
+
+Two levels:
+
+* :class:`Arch` - an architecture *family* (``edsr``, ``rrdbnet``, ``carn`` ...): how to build
+  it, its input convention, its receptive-field radius as a function of its kwargs, and how to
+  recognise and read third-party checkpoints of it.
+* :class:`ModelSpec` - a *named model* (``edsr-baseline``, ``realesrgan-x4plus`` ...): an
+  arch with fixed kwargs, the scales it exists for and its aliases.  Pretrained weights for a
+  named model are described in ``weights_manifest.json`` under the same name.
+
+Each family lives in its own module under :mod:`upscale_cli.models` and calls
+:func:`register_arch` and :func:`register_model` at import time; the package imports every
+module, so adding a file is all it takes to add a family.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from ..errors import UsageError
+
+Convention = Literal["rgb", "rgb255", "y"]
+"""Input/output convention of a network's ``forward``.
+
+* ``rgb``: RGB in 0..1 in, RGB in 0..1 out.
+* ``rgb255``: RGB in 0..255 in and out (nets that subtract the DIV2K mean inside, EDSR/RCAN).
+* ``y``: the BT.601 Y channel in 0..1 in and out; Cb/Cr are upscaled with bicubic.
+"""
+
+StateDict = Mapping[str, Tensor]
+
+
+def _one(_kwargs: Mapping[str, Any], _scale: int) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture family.
+
+    Attributes:
+        name: registry key, lower case (``"edsr"``).
+        build: ``build(scale=S, **kwargs) -> nn.Module``.  Multi-scale families accept and may
+            ignore ``scale`` (they hold every scale's upsampler).
+        convention: see :data:`Convention`.
+        radius: receptive-field radius in *input* pixels as a function of ``(kwargs, scale)``;
+            tiling with at least this much overlap reproduces whole-image output exactly.
+        paper: short citation ``"Lim et al., EDSR, CVPRW 2017"``.
+        multiscale: ``forward(x, scale)`` instead of ``forward(x)``.
+        size_multiple: input H and W must be multiples of this (``(kwargs, scale) -> int``);
+            the runtime pads (reflect) and crops, so callers never see it.
+        fp16, bf16: whether inference in that dtype is numerically safe.
+        matches: does a state dict (after :attr:`convert_keys`) belong to this family?
+        infer_kwargs: kwargs and scale (``None`` if not determinable) read off a state dict's
+            shapes, so ``--weights FILE`` needs no other flag.
+        convert_keys: turns older/foreign key layouts of the family into ours.
+        default_kwargs: kwargs used when none are given.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    convention: Convention
+    radius: Callable[[Mapping[str, Any], int], int]
+    paper: str
+    multiscale: bool = False
+    size_multiple: Callable[[Mapping[str, Any], int], int] = _one
+    fp16: bool = True
+    bf16: bool = True
+    matches: Callable[[StateDict], bool] | None = None
+    infer_kwargs: Callable[[StateDict], tuple[dict[str, Any], int | None]] | None = None
+    convert_keys: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
+    default_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: an :class:`Arch` with fixed kwargs.
+
+    Attributes:
+        name: registry key, lower case with dashes (``"edsr-baseline"``).
+        arch: name of the :class:`Arch`.
+        kwargs: passed to ``arch.build`` together with ``scale``.
+        scales: the scales the model exists for.
+        aliases: other accepted names (case-insensitive).
+        description: one line for ``upscale models``.
+        trainable_only: True when no public weights exist (only ``--weights`` or training).
+    """
+
+    name: str
+    arch: str
+    kwargs: Mapping[str, Any]
+    scales: tuple[int, ...]
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    trainable_only: bool = False
+
+
+_ARCHS: dict[str, Arch] = {}
+_MODELS: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def register_arch(arch: Arch) -> Arch:
+    """Add an architecture family; names must be unique."""
+    key = _key(arch.name)
+    if key in _ARCHS:
+        raise ValueError(f"architecture {arch.name!r} registered twice")
+    _ARCHS[key] = arch
+    return arch
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a named model; its name and aliases must not clash with another model's."""
+    if _key(spec.arch) not in _ARCHS:
+        raise ValueError(f"model {spec.name!r} names unknown architecture {spec.arch!r}")
+    for name in (spec.name, *spec.aliases):
+        key = _key(name)
+        if key in _ALIASES:
+            raise ValueError(f"model name {name!r} registered twice")
+        _ALIASES[key] = _key(spec.name)
+    _MODELS[_key(spec.name)] = spec
+    return spec
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> UsageError:
+    close = difflib.get_close_matches(_key(name), known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `upscale models`"
+    return UsageError(f"unknown {kind} {name!r}{hint}")
+
+
+def get_arch(name: str) -> Arch:
+    """The architecture family called ``name`` (raises :class:`UsageError`)."""
+    key = _key(name)
+    if key not in _ARCHS:
+        raise _unknown("architecture", name, sorted(_ARCHS))
+    return _ARCHS[key]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The named model ``name`` or one of its aliases (raises :class:`UsageError`)."""
+    key = _key(name)
+    if key not in _ALIASES:
+        raise _unknown("model", name, sorted(_ALIASES))
+    return _MODELS[_ALIASES[key]]
+
+
+def list_archs() -> list[Arch]:
+    """Every registered family, in registration order."""
+    return list(_ARCHS.values())
+
+
+def list_specs() -> list[ModelSpec]:
+    """Every registered named model, in registration order."""
+    return list(_MODELS.values())
+
+
+def create_model(name: str, scale: int, **overrides: Any) -> nn.Module:
+    """Build the randomly initialised network of model (or arch) ``name`` for ``scale``.
+
+    ``name`` may be a named model or an architecture family; ``overrides`` replace kwargs.
+    """
+    key = _key(name)
+    if key in _ALIASES:
+        spec = _MODELS[_ALIASES[key]]
+        arch = get_arch(spec.arch)
+        if scale not in spec.scales and not arch.multiscale:
+            raise UsageError(f"model {spec.name!r} exists for scales {list(spec.scales)}, not x{scale}")
+        kwargs = {**spec.kwargs, **overrides}
+    else:
+        arch = get_arch(name)
+        kwargs = {**arch.default_kwargs, **overrides}
+    return arch.build(scale=scale, **kwargs)
