@@ -1,0 +1,46 @@
+"""Entry point of the ``upscale`` command.
+
+``upscale INPUT... [options]`` upscales images; ``upscale models|download|bench|train ...``
+run the subcommands.  The first word decides: a subcommand name selects the subcommand, any
+other word is an input of the main command (write ``./bench`` for a file called ``bench``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .commands import SUBCOMMANDS
+
+_GROUP_HELP = """Image super-resolution from the command line.
+
+Upscale images with `upscale INPUT... [options]` (see `upscale --help`), or run a subcommand:
+"""
+
+
+def _group_app() -> typer.Typer:
+    from .commands import bench, models, train
+
+    app = typer.Typer(
+        name="upscale",
+        help=_GROUP_HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+    )
+    for module in (models, bench, train):
+        module.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch on the first word: a subcommand name, or inputs of the main command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        _group_app()(args, prog_name="upscale")
+    else:
+        from .commands.upscale import app as upscale_app
+
+        upscale_app(args, prog_name="upscale")

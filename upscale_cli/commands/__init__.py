@@ -1,0 +1,3 @@
+"""Subcommands of ``upscale``; each module exposes ``register(app)``."""
+
+SUBCOMMANDS = ("models", "download", "bench", "train")
