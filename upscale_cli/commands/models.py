@@ -1,0 +1,201 @@
+"""``upscale models`` (the zoo: what exists, what is cached) and ``upscale download``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..errors import UpscaleError, UsageError
+
+
+def _params(arch: Any, spec: Any) -> int:
+    """Parameter count, from the network built on the meta device (no memory, no data)."""
+    import torch
+
+    with torch.device("meta"):
+        module = arch.build(scale=spec.scales[0], **spec.kwargs)
+    return sum(p.numel() for p in module.parameters())
+
+
+def _fingerprint(arch: Any, spec: Any) -> str:
+    """What a parameter count depends on: the family's source file, the kwargs, the scale."""
+    source = Path(inspect.getsourcefile(arch.build) or "?")
+    stat = source.stat() if source.exists() else None
+    where = f"{source}:{stat.st_mtime_ns}:{stat.st_size}" if stat else str(source)
+    return f"{__version__}|{where}|{arch.name}|{json.dumps(dict(spec.kwargs), sort_keys=True)}|{spec.scales[0]}"
+
+
+def param_counts(specs: list[Any]) -> dict[str, int]:
+    """Parameter count of every spec, remembered in the cache folder (``params.json``) so that
+    ``upscale models`` does not build every network (seconds) each time it runs."""
+    from ..download import cache_dir
+    from ..models import get_arch
+    from ..weights import atomic_path
+
+    store = cache_dir() / "params.json"
+    try:
+        known: dict[str, int] = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    counts, changed = {}, False
+    for spec in specs:
+        arch = get_arch(spec.arch)
+        key = _fingerprint(arch, spec)
+        if not isinstance(known.get(key), int):
+            known[key], changed = _params(arch, spec), True
+        counts[spec.name] = known[key]
+    if changed:
+        try:
+            with atomic_path(store) as tmp:
+                tmp.write_text(json.dumps(known, indent=1, sort_keys=True), encoding="utf-8")
+        except OSError:
+            pass  # a read-only cache only costs speed
+    return counts
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One record per registered model: the data behind ``upscale models [--json]``.
+
+    ``cached`` is true when everything the model needs to run is on disk (always for
+    parameter-free models, never for trainable-only ones); ``cached_scales`` lists the scales
+    whose weights file is in the cache (presence and size only; files are hashed before use).
+    """
+    from ..download import is_cached
+    from ..models import get_arch, list_specs
+    from ..weights import manifest_entries
+
+    rows = []
+    specs = list_specs()
+    counts = param_counts(specs)
+    for spec in specs:
+        arch = get_arch(spec.arch)
+        entries = manifest_entries(spec.name)
+        params = counts[spec.name]
+        cached_scales = sorted(s for s, e in entries.items() if is_cached(e))
+        if params == 0:
+            weights, cached = "none needed", True
+        elif entries:
+            weights, cached = "published", len(cached_scales) == len(entries)
+        else:
+            weights, cached = ("trainable only" if spec.trainable_only else "not listed"), False
+        licenses = sorted({e["license"] for e in entries.values()})
+        set5 = {str(s): e["paper"]["Set5"]["psnr"] for s, e in sorted(entries.items()) if "Set5" in e.get("paper", {})}
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": list(spec.aliases),
+                "arch": spec.arch,
+                "scales": list(spec.scales),
+                "params": params,
+                "license": ", ".join(licenses) if licenses else None,
+                "cached": cached,
+                "cached_scales": cached_scales,
+                "trainable_only": spec.trainable_only,
+                "weights": weights,
+                "convention": arch.convention,
+                "paper_set5_psnr": set5,
+                "description": spec.description,
+                "paper": arch.paper,
+            }
+        )
+    return rows
+
+
+def _human(n: int) -> str:
+    return "0" if n == 0 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="upscale-cli models", title_justify="left")
+    for col, justify in (
+        ("Name", "left"),
+        ("Aliases", "left"),
+        ("Arch", "left"),
+        ("Scales", "left"),
+        ("Params", "right"),
+        ("Licence", "left"),
+        ("Cached", "left"),
+        ("Set5 PSNR, paper (per scale)", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=col == "Name")  # type: ignore[arg-type]
+    for r in rows:
+        if r["weights"] == "published":
+            cached = "yes" if r["cached"] else " ".join(f"x{s}" for s in r["cached_scales"]) or "no"
+        else:
+            cached = {"none needed": "-", "trainable only": "trainable only"}.get(r["weights"], "no")
+        psnr = " / ".join(f"{v:.2f}" for v in r["paper_set5_psnr"].values()) or "-"
+        table.add_row(
+            r["name"],
+            ", ".join(r["aliases"]) or "-",
+            r["arch"],
+            " ".join(f"x{s}" for s in r["scales"]),
+            _human(r["params"]),
+            r["license"] or "-",
+            cached,
+            psnr,
+        )
+    return table
+
+
+def _fail(err: UpscaleError) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(err.exit_code)
+
+
+def models(json_out: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
+    """List the model zoo: architecture, scales, parameters, licence, cache state, paper PSNR."""
+    try:
+        rows = model_rows()
+    except UpscaleError as err:
+        raise _fail(err) from None
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        Console().print(_table(rows))
+
+
+def download(
+    name: str = typer.Argument(..., help="Model name or alias (see `upscale models`)."),
+    scale: int | None = typer.Option(None, "--scale", "-s", help="Scale to fetch (default: the model's first)."),
+    all_scales: bool = typer.Option(False, "--all", help="Fetch the weights of every published scale."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list of the files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fetch, verify and cache a model's published weights (exit 3 when they cannot be had)."""
+    from ..download import resolve_weights
+    from ..models import get_arch, get_spec
+    from ..weights import manifest_entries
+
+    try:
+        if scale is not None and all_scales:
+            raise UsageError("--scale and --all exclude each other")
+        spec = get_spec(name)
+        if _params(get_arch(spec.arch), spec) == 0:
+            Console(stderr=True).print(f"{spec.name} has no weights: nothing to download", highlight=False)
+            return
+        entries = manifest_entries(spec.name)
+        scales = sorted(entries) if all_scales and entries else [spec.scales[0] if scale is None else scale]
+        done: dict[str, dict[str, Any]] = {}
+        for s in scales:
+            path = resolve_weights(spec.name, s, progress=not quiet)
+            done.setdefault(str(path), {"name": spec.name, "scales": [], "path": str(path)})["scales"].append(s)
+    except UpscaleError as err:
+        raise _fail(err) from None
+    if json_out:
+        typer.echo(json.dumps(list(done.values()), indent=2))
+    else:
+        for item in done.values():
+            typer.echo(item["path"])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``models`` and ``download`` to the ``upscale`` command group."""
+    app.command("models")(models)
+    app.command("download")(download)

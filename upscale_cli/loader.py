@@ -1,0 +1,253 @@
+"""``load_model``: from a model name, a weights file, or both, to a :class:`LoadedModel`.
+
+What can be asked for:
+
+* a named model (``load_model("edsr-baseline", 4)``): the registry gives the architecture and
+  kwargs, the manifest the verified weights file (downloaded and cached on first use);
+* a weights file alone (``load_model(weights="x.pth")``): our own safetensors exports carry
+  arch, kwargs and scale in their metadata; third-party checkpoints are recognised from their
+  keys (:func:`~upscale_cli.weights.detect_arch`), or named with ``arch=`` (a model name or an
+  architecture family);
+* a named model with a weights file (``load_model("rcan", 4, weights="mine.pth")``): the named
+  model's architecture with those weights;
+* parameter-free models (``bicubic`` ...) need no weights; ``pretrained=False`` gives random
+  weights (for training).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from .download import resolve_weights
+from .errors import UsageError, WeightsError
+from .models import Arch, LoadedModel, ModelSpec, get_arch, get_spec, list_specs
+from .weights import (
+    FORMAT,
+    convert_for,
+    detect_arch,
+    infer_kwargs,
+    load_strict,
+    manifest_entry,
+    read_checkpoint,
+    sha256_file,
+)
+
+
+def _is_model_name(name: str) -> bool:
+    try:
+        get_spec(name)
+    except UsageError:
+        return False
+    return True
+
+
+def _is_family(name: str) -> bool:
+    try:
+        get_arch(name)
+    except UsageError:
+        return False
+    return True
+
+
+def _family(name: str) -> Arch:
+    """The architecture of a model name, or the architecture family called ``name``."""
+    return get_arch(get_spec(name).arch) if _is_model_name(name) else get_arch(name)
+
+
+def _known_scales(arch: Arch, kwargs: Mapping[str, Any]) -> list[int] | None:
+    """The scales of the registered model with this architecture and these kwargs, if one."""
+    for spec in list_specs():
+        if get_arch(spec.arch) is arch and all(kwargs.get(k) == v for k, v in spec.kwargs.items()):
+            return list(spec.scales)
+    return None
+
+
+def _check_scale(what: str, scale: int, scales: tuple[int, ...] | list[int]) -> None:
+    if scale not in scales:
+        raise UsageError(f"{what} exists for scales {list(scales)}, not x{scale}")
+
+
+def _build(arch: Arch, scale: int, kwargs: Mapping[str, Any]) -> nn.Module:
+    try:
+        return arch.build(scale=scale, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"cannot build {arch.name} x{scale} with {dict(kwargs)}: {err}") from None
+
+
+_NAME_SCALE = (re.compile(r"(?<![a-z0-9])x([1-8])(?![0-9])"), re.compile(r"(?<![a-z0-9])([1-8])x(?![a-z0-9])"))
+
+
+def scale_from_name(name: str) -> int | None:
+    """The scale a file name states (``fsrcnn_x3.pth``, ``RealESRGAN_x4plus``, ``4x_foo``), if
+    exactly one."""
+    stem = Path(name).name.lower()
+    found = {int(m) for rx in _NAME_SCALE for m in rx.findall(stem)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _finish(
+    name: str, arch: Arch, module: nn.Module, scale: int, kwargs: Mapping[str, Any], device: str, **info: Any
+) -> LoadedModel:
+    module.eval()
+    loaded = LoadedModel(name=name, arch=arch, module=module, scale=scale, kwargs=dict(kwargs), **info)
+    return loaded.to(device)
+
+
+def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, progress: bool) -> LoadedModel:
+    arch = get_arch(spec.arch)
+    scale = spec.scales[0] if scale is None else int(scale)
+    if scale < 1:
+        raise UsageError(f"scale must be a positive integer, not {scale}")
+    what = f"model {spec.name!r}"
+    try:
+        module = _build(arch, scale, spec.kwargs)
+    except UsageError:
+        _check_scale(what, scale, spec.scales)  # an unlisted scale: say which ones exist
+        raise
+    if not module.state_dict():  # parameter-free models (bicubic ...) run at any scale they build for
+        return _finish(spec.name, arch, module, scale, spec.kwargs, device, source="none")
+    _check_scale(what, scale, spec.scales)
+    if not pretrained:
+        return _finish(spec.name, arch, module, scale, spec.kwargs, device, source="random")
+    path = resolve_weights(spec.name, scale, progress=progress)
+    entry = manifest_entry(spec.name, scale) or {}
+    sd, _ = read_checkpoint(path, key=entry.get("wrapper"))
+    load_strict(module, convert_for(arch, sd), f"{path.name} ({spec.name} x{scale})")
+    extra = {k: entry[k] for k in ("license", "citation") if k in entry}
+    digest = entry.get("sha256") or sha256_file(path)  # a full manifest hash was just verified
+    return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
+
+
+def _infer(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> tuple[dict[str, Any], int | None]:
+    try:
+        return infer_kwargs(arch, convert_for(arch, sd))
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from None
+
+
+def _scale_of(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> int | None:
+    """The scale the weights were trained for, when the family can read it off the shapes."""
+    if arch.multiscale or arch.infer_kwargs is None:
+        return None
+    try:
+        return _infer(arch, sd, path)[1]
+    except WeightsError:  # not this family's keys: the strict check will say how
+        return None
+
+
+def _from_metadata(meta: Mapping[str, str], path: Path) -> tuple[str, Arch, dict[str, Any], int, list[int], dict[str, Any]]:
+    """Name, arch, kwargs, scale, scales and extra recorded by :func:`~upscale_cli.weights.save_weights`."""
+    try:
+        kwargs = json.loads(meta["kwargs"])
+        scales = [int(s) for s in json.loads(meta["scales"])]
+        extra = json.loads(meta.get("extra", "{}"))
+        return meta["name"], get_arch(meta["arch"]), kwargs, int(meta["scale"]), scales, extra
+    except (KeyError, ValueError, TypeError) as err:
+        raise WeightsError(f"{path}: damaged upscale-cli metadata ({err})") from None
+    except UsageError as err:
+        raise WeightsError(f"{path}: made for an architecture this version does not know ({err})") from None
+
+
+def _from_file(
+    name: str | None, scale: int | None, weights: str, arch_name: str | None, device: str, progress: bool
+) -> LoadedModel:
+    path = resolve_weights(None, None, weights=weights, progress=progress)
+    sd, meta = read_checkpoint(path)
+    label = path.name
+    extra: dict[str, Any] = {}
+    inferred: int | None = None
+    scales: list[int] | None = None
+    if arch_name is not None:  # a family name wins over a model of the same name (edsr, carn)
+        model = None if _is_family(arch_name) else arch_name
+    else:
+        model = name
+    if model is not None:  # a named model's architecture and kwargs; the file may tell the scale
+        spec = get_spec(model)
+        arch, kwargs, scales = get_arch(spec.arch), dict(spec.kwargs), list(spec.scales)
+        label = spec.name if arch_name is None else label
+        inferred = _scale_of(arch, sd, path)
+    elif arch_name is not None:  # an architecture family: read its kwargs off the shapes
+        arch = get_arch(arch_name)
+        kwargs, inferred = _infer(arch, sd, path)
+    elif meta is not None and meta.get("format") == FORMAT:
+        label, arch, kwargs, inferred, scales, extra = _from_metadata(meta, path)
+        if scale is not None and arch.multiscale:
+            inferred = None
+    else:
+        try:
+            arch, kwargs, inferred = detect_arch(sd)
+        except WeightsError as err:
+            raise WeightsError(f"{path}: {err}") from None
+    if scales is None:
+        scales = _known_scales(arch, kwargs)
+    if scale is None and inferred is None and not arch.multiscale:  # FSRCNN...: shapes do not tell
+        inferred = scale_from_name(path.name)
+        if inferred is not None:
+            extra.setdefault("scale_from", "file name")
+    if scale is None:
+        scale = inferred if inferred is not None else (scales[0] if scales and arch.multiscale else None)
+        if scale is None:
+            raise UsageError(f"{path.name}: the scale of these {arch.name} weights cannot be read off the file; pass --scale")
+    elif inferred is not None and inferred != scale and not arch.multiscale:
+        raise UsageError(f"{path.name} holds a x{inferred} {arch.name} network; it cannot run at x{scale}")
+    if scales is not None and (arch.multiscale or inferred is None):
+        _check_scale(f"{label} ({arch.name})", int(scale), scales)
+    module = _build(arch, int(scale), kwargs)
+    load_strict(module, convert_for(arch, sd), f"{path} ({arch.name} x{scale})")
+    return _finish(label, arch, module, int(scale), kwargs, device, source=str(path), sha256=sha256_file(path), extra=extra)
+
+
+def load_model(
+    name: str | None = None,
+    scale: int | None = None,
+    *,
+    weights: str | None = None,
+    arch: str | None = None,
+    device: str = "cpu",
+    pretrained: bool = True,
+    progress: bool = True,
+) -> LoadedModel:
+    """A network ready to run (eval mode, on ``device``), as a :class:`LoadedModel`.
+
+    Args:
+        name: a registered model name or alias; optional with ``weights``.
+        scale: upscaling factor; default: the model's first scale, or the one the weights are for.
+        weights: a local file, an http(s) URL or ``hf://repo_id/path[@revision]``; replaces the
+            model's published weights.
+        arch: with ``weights``: a model name or an architecture family; without both ``arch``
+            and ``name`` the family is recognised from the file (metadata or keys).
+        device: torch device string.
+        pretrained: ``False`` builds the named model with random weights (training).
+        progress: show a progress bar (on standard error) while downloading.
+
+    Raises:
+        UsageError: unknown model or architecture, unsupported scale, nothing to load.
+        WeightsError: weights unavailable, unverifiable, unreadable or not fitting the network.
+    """
+    if weights is not None:
+        if not pretrained:
+            raise UsageError("weights= and pretrained=False contradict each other")
+        return _from_file(name, scale, weights, arch, device, progress)
+    if name is None and arch is None:
+        raise UsageError("name a model (see `upscale models`) or pass --weights FILE")
+    if name is None:  # an architecture alone: random weights with its default kwargs
+        family = get_arch(arch)  # type: ignore[arg-type]
+        if pretrained:
+            raise UsageError(f"architecture {family.name!r} alone has no weights: pass --weights FILE or a model name")
+        if scale is None:
+            raise UsageError(f"architecture {family.name!r}: pass --scale")
+        module = _build(family, int(scale), family.default_kwargs)
+        return _finish(family.name, family, module, int(scale), family.default_kwargs, device, source="random")
+    spec = get_spec(name)
+    if arch is not None and _family(arch).name != get_arch(spec.arch).name:
+        raise UsageError(f"model {spec.name!r} is a {spec.arch} network, not {arch!r}")
+    return _named(spec, scale, device, pretrained, progress)
+
+
+__all__ = ["load_model"]
