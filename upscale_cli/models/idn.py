@@ -1,0 +1,146 @@
+"""IDN: Hui, Wang, Gao, "Fast and Accurate Single Image Super-Resolution via Information
+Distillation Network", CVPR 2018.
+
+Three parts on the LR image (Fig. 2), LeakyReLU 0.05 after every conv:
+
+* FBlock: two 3x3 convs, 64 filters;
+* ``n`` = 4 DBlocks, each an enhancement unit and a compression unit (Fig. 3):
+  the enhancement unit's upper module (three 3x3 convs, 48 -> 32 -> 64 filters, the middle one
+  grouped by 4) gives ``P``; its first ``D3/s`` = 16 channels are *sliced* off and concatenated
+  with the unit's input ``R = C(S(P, 1/s), x)``; the other 48 go through the lower module (three
+  3x3 convs, 64 -> 48 -> 80, the middle one grouped by 4), whose output is added:
+  ``P_k = P_2 + R``; the compression unit, a 1x1 conv, brings 80 channels back to 64;
+* RBlock: a 17x17 transposed conv with stride ``scale`` to one channel, plus the bicubic
+  upscaled input (global residual): ``y = deconv(F_n) + bicubic(x)``.
+
+Y channel, 0..1.  Keys: ``fblock.{0,1}``, ``dblocks.{i}.upper.{0,1,2}``,
+``dblocks.{i}.lower.{0,1,2}``, ``dblocks.{i}.compress``, ``upsample``.  553K parameters
+(the count the paper reports).  No public PyTorch weights (trainable only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..resize import imresize
+from .layers import conv, indices, receptive_radius, shape
+from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
+from .vdsr import he_init_, layout_matcher
+
+SLOPE = 0.05
+"""LeakyReLU negative slope (Sec. 4.1)."""
+KERNEL = 17
+"""Size of the RBlock's transposed conv."""
+
+
+def _tconv_padding(scale: int) -> tuple[int, int]:
+    """Padding and output padding of the 17x17 stride-``scale`` transposed conv so that the
+    output is ``scale`` times the input and as centred on the input pixels as an odd kernel allows."""
+    pad = KERNEL // 2 - (scale - 1) // 2
+    return pad, 2 * pad - KERNEL + scale
+
+
+def _lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, SLOPE)
+
+
+def _chain(widths: tuple[int, int, int, int], groups: int) -> nn.ModuleList:
+    """Three 3x3 convs through ``widths``; the middle one grouped."""
+    a, b, c, d = widths
+    return nn.ModuleList([conv(a, b), conv(b, c, groups=groups), conv(c, d)])
+
+
+class DBlock(nn.Module):
+    """Enhancement unit with slicing + 1x1 compression unit (Fig. 3)."""
+
+    def __init__(self, feats: int = 64, d: int = 16, groups: int = 4) -> None:
+        super().__init__()
+        self.d = d
+        third = feats - d  # 48: the upper module's first width and the lower module's input
+        self.upper = _chain((feats, third, feats // 2, feats), groups)
+        self.lower = _chain((third, feats, third, feats + d), groups)
+        self.compress = conv(feats + d, feats, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = x
+        for layer in self.upper:
+            p = _lrelu(layer(p))
+        r = p[:, self.d :]
+        for layer in self.lower:
+            r = _lrelu(layer(r))
+        return _lrelu(self.compress(r + torch.cat([x, p[:, : self.d]], dim=1)))
+
+
+class IDN(nn.Module):
+    """IDN (Hui et al. 2018, Fig. 2).
+
+    Args:
+        scale: upscaling factor (2, 3, 4 in the paper).
+        blocks: DBlocks ``n`` (4).
+        feats: ``D3`` (64); the slice is ``d`` = 16 channels, the groups 4 (``s``).
+    """
+
+    def __init__(self, scale: int = 4, blocks: int = 4, feats: int = 64, d: int = 16, groups: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.fblock = nn.ModuleList([conv(1, feats), conv(feats, feats)])
+        self.dblocks = nn.Sequential(*(DBlock(feats, d, groups) for _ in range(blocks)))
+        pad, out_pad = _tconv_padding(scale)
+        self.upsample = nn.ConvTranspose2d(feats, 1, KERNEL, stride=scale, padding=pad, output_padding=out_pad)
+        he_init_(self, SLOPE)
+        # the transposed conv starts at zero, so training starts from the bicubic image (a
+        # random 17x17 transposed conv to one channel adds a large random residual)
+        nn.init.zeros_(self.upsample.weight)
+        nn.init.zeros_(self.upsample.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for layer in self.fblock:
+            h = _lrelu(layer(h))
+        return self.upsample(self.dblocks(h)) + imresize(x, scale=self.scale)
+
+
+def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
+    trunk = 2 + 6 * kwargs.get("blocks", 4)  # FBlock, six 3x3 convs on the longest DBlock path
+    pad, _ = _tconv_padding(scale)
+    features = receptive_radius([("conv", trunk), ("tconv", KERNEL, scale, pad)], scale)
+    return max(features, receptive_radius([("cubic", scale)], scale))
+
+
+def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
+    feats = shape(sd, "fblock.0.weight")[0]
+    groups = shape(sd, "dblocks.0.upper.0.weight")[0] // shape(sd, "dblocks.0.upper.1.weight")[1]
+    d = shape(sd, "dblocks.0.compress.weight")[1] - feats
+    return {"blocks": len(indices(sd, "dblocks.", "compress.weight")), "feats": feats, "d": d, "groups": groups}, None
+
+
+register_arch(
+    Arch(
+        name="idn",
+        build=IDN,
+        convention="y",
+        radius=_radius,
+        paper="Hui et al., IDN, CVPR 2018",
+        fp16=True,
+        bf16=True,
+        matches=layout_matcher(("fblock.0.weight", "dblocks.0.compress.weight", "upsample.weight"), IDN, _infer),
+        infer_kwargs=_infer,
+        default_kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="idn",
+        arch="idn",
+        kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},
+        scales=(2, 3, 4),
+        description="IDN: information distillation blocks with slicing and 1x1 compression (Hui et al. 2018); trainable, no public weights",
+        trainable_only=True,
+    )
+)

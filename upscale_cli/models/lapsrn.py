@@ -1,0 +1,265 @@
+"""LapSRN: Lai, Huang, Ahuja, Yang, "Deep Laplacian Pyramid Networks for Fast and Accurate
+Super-Resolution", CVPR 2017, and its multi-scale, weight-shared extension MS-LapSRN,
+"Fast and Accurate Image Super-Resolution with Deep Laplacian Pyramid Networks", TPAMI 2018.
+
+A Laplacian pyramid: the LR image is upscaled x2 per level,
+``log2(scale)`` levels (x2 -> x4 -> x8).  At level ``s``:
+
+* feature extraction branch: ``d`` conv layers, then a transposed conv that upsamples the
+  features x2, then a conv that predicts the residual (high-frequency) image ``r_s``;
+* image reconstruction branch: a transposed conv (4x4, bilinear initialisation) upsamples the
+  previous level's image, ``I_s = up(I_{s-1}) + r_s``.
+
+Every level is supervised with the Charbonnier penalty ``rho(x) = sqrt(x^2 + eps^2)`` against
+the HR image resized to that level: :meth:`forward_pyramid` returns every
+``I_s`` and :func:`pyramid_loss` sums ``criterion(I_s, bicubic-downscaled HR)`` over levels (pass
+the trainer's ``charbonnier`` as criterion).
+
+* ``shared=False`` - LapSRN (CVPR; the authors' MatConvNet ``init_LapSRN_model.m``): 64 filters,
+  ``depth`` = 10 per level, LeakyReLU 0.2 after every conv, the 3x3 transposed feature upsampler
+  followed by LeakyReLU, parameters per level (812K at x4: the paper's count, weights only).
+* ``shared=True`` - MS-LapSRN (TPAMI; ``init_MSLapSRN_model.m``): the feature-embedding
+  sub-network (a recursive block of ``depth`` = 5 pre-activated convs applied ``recursions``
+  = 8 times with the shared-source skip ``H_r = block(H_{r-1}) + H_0``), the feature upsampler,
+  the residual conv and the image upsampler are shared across levels, so one set of weights
+  serves x2, x4 and x8 (D5R8: 222K parameters).
+
+Y channel, 0..1.  Keys: ``input_conv``; LapSRN ``levels.{l}.convs.{i}``, ``levels.{l}.up``,
+``levels.{l}.residual``, ``levels.{l}.img_up``; MS-LapSRN ``block.{i}``, ``up``,
+``residual``, ``img_up``.  No public PyTorch weights (trainable only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..resize import imresize
+from .layers import RFLayer, conv, has, indices, receptive_radius, shape
+from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
+from .vdsr import doublings, he_init_, layout_matcher
+
+SLOPE = 0.2
+"""LeakyReLU negative slope of both networks (``dagnn.ReLU('leak', 0.2)``)."""
+
+
+def _lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, SLOPE)
+
+
+class _FeatureUp(nn.ConvTranspose2d):
+    """3x3 transposed conv, stride 2, MatConvNet crop ``[0, 1, 0, 1]``: output ``2H x 2W``."""
+
+    def __init__(self, feats: int) -> None:
+        super().__init__(feats, feats, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        h, w = x.shape[-2:]
+        return super().forward(x)[..., : 2 * h, : 2 * w]
+
+
+class _ImageUp(nn.ConvTranspose2d):
+    """4x4 transposed conv, stride 2, crop 1, no bias, initialised to bilinear x2."""
+
+    def __init__(self) -> None:
+        super().__init__(1, 1, 4, stride=2, padding=1, bias=False)
+        self.reset_bilinear()
+
+    def reset_bilinear(self) -> None:
+        taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
+        with torch.no_grad():
+            self.weight.copy_((taps[:, None] * taps[None, :]).view(1, 1, 4, 4))
+
+
+class _Pyramid(nn.Module):
+    """The shared forward: ``I_s = img_up_s(I_{s-1}) + r_s`` over the levels."""
+
+    scale: int
+
+    def _init_weights(self) -> None:
+        """He initialisation of the feature branch (the releases' ``sqrt(2 / (f*f*n))``
+        Gaussian), bilinear image upsamplers."""
+        he_init_(self, SLOPE)
+        for layer in self.modules():
+            if isinstance(layer, _ImageUp):
+                layer.reset_bilinear()
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        """The residual image ``r_s`` of every level."""
+        raise NotImplementedError
+
+    def _img_up(self, level: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """The x2, x4, ... reconstructions, coarse to fine; the last is the output."""
+        outs = []
+        img = x
+        for level, res in enumerate(self._features(x)):
+            img = self._img_up(level)(img) + res
+            outs.append(img)
+        return outs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pyramid(x)[-1]
+
+
+class LapSRN(_Pyramid):
+    """LapSRN (CVPR 2017): per-level weights.
+
+    Args:
+        scale: 2, 4 or 8 (one level per factor of two).
+        depth: conv layers per level (10).
+        feats: filters (64).
+    """
+
+    def __init__(self, scale: int = 4, depth: int = 10, feats: int = 64) -> None:
+        super().__init__()
+        self.scale = scale
+        self.input_conv = conv(1, feats)
+        self.levels = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "convs": nn.ModuleList(conv(feats, feats) for _ in range(depth)),
+                    "up": _FeatureUp(feats),
+                    "residual": conv(feats, 1),
+                    "img_up": _ImageUp(),
+                }
+            )
+            for _ in range(doublings(scale, "LapSRN"))
+        )
+        self._init_weights()
+
+    def _img_up(self, level: int) -> nn.Module:
+        return self.levels[level]["img_up"]
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        h = _lrelu(self.input_conv(x))
+        residuals = []
+        for level in self.levels:
+            for layer in level["convs"]:  # type: ignore[union-attr]
+                h = _lrelu(layer(h))
+            h = _lrelu(level["up"](h))
+            residuals.append(level["residual"](h))
+        return residuals
+
+
+class MSLapSRN(_Pyramid):
+    """MS-LapSRN (TPAMI 2018): weights shared across levels and recursions.
+
+    Args:
+        scale: 2, 4 or 8; the same weights run every one.
+        depth: ``D``, pre-activated convs in the recursive block (5).
+        recursions: ``R``, applications of the block per level (8).
+        feats: filters (64).
+    """
+
+    def __init__(self, scale: int = 4, depth: int = 5, recursions: int = 8, feats: int = 64) -> None:
+        super().__init__()
+        self.scale = scale
+        self.recursions = recursions
+        self.input_conv = conv(1, feats)
+        self.block = nn.ModuleList(conv(feats, feats) for _ in range(depth))
+        self.up = _FeatureUp(feats)
+        self.residual = conv(feats, 1)
+        self.img_up = _ImageUp()
+        self._init_weights()
+
+    def _img_up(self, level: int) -> nn.Module:
+        return self.img_up
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        h = self.input_conv(x)
+        residuals = []
+        for _ in range(doublings(self.scale, "LapSRN")):
+            source = h
+            for _ in range(self.recursions):
+                for layer in self.block:
+                    h = layer(_lrelu(h))
+                h = h + source
+            h = self.up(_lrelu(h))
+            residuals.append(self.residual(h))
+        return residuals
+
+
+def pyramid_loss(outputs: Sequence[Tensor], hr: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Sum over levels of ``criterion(I_s, HR_s)``, ``HR_s`` the HR image bicubic-downscaled to
+    level ``s``'s size (with ``criterion`` the Charbonnier penalty, as in the papers)."""
+    total = torch.zeros((), dtype=hr.dtype, device=hr.device)
+    for out in outputs:
+        target = hr if out.shape[-2:] == hr.shape[-2:] else imresize(hr, size=tuple(out.shape[-2:]))
+        total = total + criterion(out, target)
+    return total
+
+
+def build(scale: int = 4, shared: bool = False, **kwargs: Any) -> _Pyramid:
+    """LapSRN (``shared=False``) or MS-LapSRN (``shared=True``)."""
+    return MSLapSRN(scale, **kwargs) if shared else LapSRN(scale, **kwargs)
+
+
+def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
+    shared = kwargs.get("shared", False)
+    depth = kwargs.get("depth", 5 if shared else 10)
+    per_level = depth * kwargs.get("recursions", 8) if shared else depth
+    # feature branch: input conv, per level its convs, the 3x3 transposed conv; then the residual
+    # conv of the last level (earlier residuals reach less far through the bilinear upsamplers)
+    chain: list[RFLayer] = [("conv", 1)]
+    for _ in range(doublings(scale, "LapSRN")):
+        chain += [("conv", per_level), ("tconv", 3, 2, 0)]
+    return receptive_radius([*chain, ("conv", 1)], scale)
+
+
+def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
+    feats = shape(sd, "input_conv.weight")[0]
+    if has(sd, "block.0.weight"):
+        return {"shared": True, "depth": len(indices(sd, "block.", "weight")), "feats": feats}, None
+    levels = len(indices(sd, "levels.", "residual.weight"))
+    depth = len(indices(sd, "levels.0.convs.", "weight"))
+    return {"shared": False, "depth": depth, "feats": feats}, 2**levels
+
+
+def _matches(sd: StateDict) -> bool:
+    signature = ("input_conv.weight", "block.0.weight") if has(sd, "block.0.weight") else ("input_conv.weight", "levels.0.img_up.weight")
+    return layout_matcher(signature, build, _infer)(sd)
+
+
+register_arch(
+    Arch(
+        name="lapsrn",
+        build=build,
+        convention="y",
+        radius=_radius,
+        paper="Lai et al., LapSRN, CVPR 2017 / MS-LapSRN, TPAMI 2018",
+        fp16=True,
+        bf16=False,  # measured: bf16 autocast moves the PSNR of the small net trained in the tests by > 0.05 dB
+        matches=_matches,
+        infer_kwargs=_infer,
+        default_kwargs={"shared": False, "depth": 10, "feats": 64},
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="lapsrn",
+        arch="lapsrn",
+        kwargs={"shared": False, "depth": 10, "feats": 64},
+        scales=(2, 4, 8),
+        description="LapSRN: Laplacian pyramid x2 -> x4 -> x8, Charbonnier loss per level (Lai et al. 2017); trainable, no public weights",
+        trainable_only=True,
+    )
+)
+register_model(
+    ModelSpec(
+        name="ms-lapsrn",
+        arch="lapsrn",
+        kwargs={"shared": True, "depth": 5, "recursions": 8, "feats": 64},
+        scales=(2, 4, 8),
+        aliases=("ms-lapsrn-d5r8",),
+        description="MS-LapSRN D5R8: LapSRN with weights shared across levels and recursions (Lai et al. 2018); trainable, no public weights",
+        trainable_only=True,
+    )
+)
