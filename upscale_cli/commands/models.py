@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
@@ -105,7 +106,16 @@ def model_rows() -> list[dict[str, Any]]:
                 "paper": arch.paper,
             }
         )
-    return rows
+    return sorted(rows, key=_order)
+
+
+def _order(row: dict[str, Any]) -> tuple[int, str]:
+    """The default model first, then models with published weights, the classical
+    resamplers, and the trainable-only architectures; by name within each group."""
+    from .upscale import DEFAULT_MODEL
+
+    group = {"published": 1, "none needed": 2, "not listed": 3, "trainable only": 4}[row["weights"]]
+    return (0 if row["name"] == DEFAULT_MODEL else group, row["name"])
 
 
 def _human(n: int) -> str:
@@ -115,25 +125,24 @@ def _human(n: int) -> str:
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="upscale-cli models", title_justify="left")
     for col, justify in (
-        ("Name", "left"),
-        ("Aliases", "left"),
+        ("Name (aliases)", "left"),
         ("Arch", "left"),
         ("Scales", "left"),
         ("Params", "right"),
         ("Licence", "left"),
         ("Cached", "left"),
-        ("Set5 PSNR, paper (per scale)", "left"),
+        ("Set5 PSNR (paper)", "left"),
     ):
-        table.add_column(col, justify=justify, no_wrap=col == "Name")  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col.startswith("Name"))  # type: ignore[arg-type]
     for r in rows:
         if r["weights"] == "published":
             cached = "yes" if r["cached"] else " ".join(f"x{s}" for s in r["cached_scales"]) or "no"
         else:
-            cached = {"none needed": "-", "trainable only": "trainable only"}.get(r["weights"], "no")
-        psnr = " / ".join(f"{v:.2f}" for v in r["paper_set5_psnr"].values()) or "-"
+            cached = {"none needed": "-", "trainable only": "train"}.get(r["weights"], "no")
+        psnr = " ".join(f"{v:.2f}" for v in r["paper_set5_psnr"].values()) or "-"
+        aliases = f" [dim]({escape(', '.join(r['aliases']))})[/]" if r["aliases"] else ""
         table.add_row(
-            r["name"],
-            ", ".join(r["aliases"]) or "-",
+            escape(r["name"]) + aliases,
             r["arch"],
             " ".join(f"x{s}" for s in r["scales"]),
             _human(r["params"]),
@@ -145,7 +154,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _fail(err: UpscaleError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return typer.Exit(err.exit_code)
 
 
@@ -159,6 +168,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print a JSON lis
         typer.echo(json.dumps(rows, indent=2))
     else:
         Console().print(_table(rows))
+        Console().print("[dim]Cached: weights on disk (yes / no / the cached scales); '-': none needed; "
+                        "'train': no public weights, use --weights or `upscale train`.[/]")
 
 
 def download(

@@ -169,7 +169,7 @@ def _run(console: Console, *, inputs: list[str], output: Path | None, model: str
     jobs_missing = [Job(Path(word), None, "failed", f"{word}: no such file or folder") for word in expansion.missing]
 
     # Model first: a bad model name or missing weights is a usage/weights error, before any work.
-    loaded, upscaler = _load(model, scale, weights, arch, device, precision, tile, tile_overlap, batch_size)
+    loaded, upscaler = _load(model, scale, weights, arch, device, precision, tile, tile_overlap, batch_size, quiet)
     model_name, s = loaded.name, loaded.scale
     # Validate the final-size options once (they are per image, but the errors are not).
     from ..api import target_size
@@ -214,7 +214,7 @@ def _run(console: Console, *, inputs: list[str], output: Path | None, model: str
 
 
 def _load(model: str | None, scale: int | None, weights: str | None, arch: str | None, device: str,
-          precision: str, tile: str, tile_overlap: int | None, batch_size: int):
+          precision: str, tile: str, tile_overlap: int | None, batch_size: int, quiet: bool):
     """The model (loaded once per run) and its engine.  With ``--weights`` and no ``--model``
     the file (and ``--arch``) alone decide the network."""
     from ..engine import Upscaler
@@ -226,7 +226,7 @@ def _load(model: str | None, scale: int | None, weights: str | None, arch: str |
     if scale is None and weights is None:
         spec = get_spec(model)  # type: ignore[arg-type]
         scale = 4 if 4 in spec.scales else spec.scales[-1]
-    loaded = load_model(model, scale, weights=weights, arch=arch)
+    loaded = load_model(model, scale, weights=weights, arch=arch, progress=not quiet)
     upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
                         batch_size=batch_size)
     return loaded, upscaler

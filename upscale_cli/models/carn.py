@@ -185,6 +185,7 @@ register_model(
         kwargs={"mobile": False, "group": 1},
         scales=SCALES,
         description="CARN: cascading residual network, one model for x2/x3/x4 (Ahn et al. 2018)",
+        trainable_only=True,  # the authors' carn.pth exists, but no hash we can vouch for yet
     )
 )
 register_model(

@@ -97,10 +97,13 @@ class LoadedModel:
         else:  # "y": the net sees luma only; chroma is upscaled with the bicubic
             from ..resize import imresize
 
-            ycc = rgb_to_ycbcr(x)
+            # colour conversions stay fp32 even under reduced-precision autocast
+            with torch.autocast(x.device.type, enabled=False):
+                ycc = rgb_to_ycbcr(x.float())
             luma = self._net(ycc[:, :1])
-            chroma = imresize(ycc[:, 1:].float(), scale=self.scale).to(luma.dtype)
-            y = ycbcr_to_rgb(torch.cat([luma, chroma], dim=1))
+            with torch.autocast(x.device.type, enabled=False):
+                chroma = imresize(ycc[:, 1:], scale=self.scale)
+                y = ycbcr_to_rgb(torch.cat([luma.float(), chroma], dim=1))
         if ph or pw:
             y = y[..., : h * self.scale, : w * self.scale]
         return y
