@@ -28,9 +28,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import RFLayer, conv, indices, receptive_radius, shape
+from .layers import conv, he_init_, indices, layout_matcher, receptive_radius, RFLayer, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import he_init_, layout_matcher
 
 SLOPE = 0.2
 """Assumed LeakyReLU slope."""

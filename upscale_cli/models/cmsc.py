@@ -31,9 +31,8 @@ from torch import Tensor, nn
 
 from ..resize import imresize
 from .drcn import PredictionEnsemble
-from .layers import conv, indices, shape
+from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import he_init_, ilr_radius, layout_matcher
 
 LAYERS = 2
 """Merge-and-run layers per MSC module."""

@@ -32,9 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import RFLayer, conv, indices, receptive_radius, shape
+from .layers import conv, doublings, indices, layout_matcher, receptive_radius, RFLayer, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import doublings, layout_matcher
 
 SLOPE = 0.1
 """LeakyReLU negative slope of every CBL unit."""

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, shape
+from .layers import conv, ilr_radius, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import ilr_radius, layout_matcher
 
 
 class PredictionEnsemble(nn.Module):

@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, indices, shape
+from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import he_init_, ilr_radius, layout_matcher
 
 
 def pre_activated(in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Sequential:

@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, indices, receptive_radius, shape
+from .layers import conv, he_init_, indices, layout_matcher, receptive_radius, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import he_init_, layout_matcher
 
 SLOPE = 0.05
 """LeakyReLU negative slope (Sec. 4.1)."""

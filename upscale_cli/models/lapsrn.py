@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import RFLayer, conv, has, indices, receptive_radius, shape
+from .layers import conv, doublings, has, he_init_, indices, layout_matcher, receptive_radius, RFLayer, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import doublings, he_init_, layout_matcher
 
 SLOPE = 0.2
 """LeakyReLU negative slope of both networks (``dagnn.ReLU('leak', 0.2)``)."""

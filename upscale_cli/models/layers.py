@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .registry import StateDict
+
 DIV2K_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
 """Mean RGB of the DIV2K training set (0..1), subtracted at the input of EDSR, RCAN, CARN."""
 
@@ -287,3 +289,46 @@ def mean_shift_kwargs(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | N
     if rgb_range > 0 and abs(rgb_range - 255.0) > 0.5:
         kwargs["rgb_range"] = rgb_range
     return kwargs, Upsampler.scale_of(sd, "tail.0.", feats)
+
+def he_init_(module: nn.Module, negative_slope: float = 0.0) -> nn.Module:
+    """He et al. (ICCV 2015) normal initialisation of every (transposed) conv weight for a
+    (leaky) ReLU network, zero biases - the "msra" filler of the Caffe/MatConvNet releases of
+    VDSR, DRRN, MemNet and LapSRN.  Returns ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, a=negative_slope, nonlinearity="leaky_relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+def doublings(scale: int, family: str) -> int:
+    """``log2(scale)`` for the families that upscale x2 per stage (LapSRN, SRGAN, DenseSR)."""
+    if scale < 2 or scale & (scale - 1):
+        raise ValueError(f"{family} upscales by powers of two, not x{scale}")
+    return scale.bit_length() - 1
+
+def ilr_radius(depth: int, scale: int) -> int:
+    """Radius of a net that runs ``depth`` 3x3 convs (receptive-field radius ``depth``) on the
+    bicubic-upscaled input: the cubic kernel's two LR taps plus ``depth`` HR pixels."""
+    return receptive_radius([("cubic", scale), ("conv", depth)], scale)
+
+def layout_matcher(
+    signature: Sequence[str],
+    build: Callable[..., nn.Module],
+    infer: Callable[[StateDict], tuple[dict[str, Any], int | None]],
+) -> Callable[[StateDict], bool]:
+    """A ``matches`` function: ``sd`` has the ``signature`` keys, and exactly the keys and shapes
+    of ``build(**infer(sd))`` (built on the meta device, so it costs no memory)."""
+
+    def matches(sd: StateDict) -> bool:
+        if not has(sd, *signature):
+            return False
+        try:
+            kwargs, scale = infer(sd)
+            with torch.device("meta"):
+                ref = build(scale=scale or 2, **kwargs).state_dict()
+        except (KeyError, IndexError, ValueError, TypeError):  # shapes no network of the family has
+            return False
+        return ref.keys() == sd.keys() and all(tuple(ref[k].shape) == tuple(sd[k].shape) for k in ref)
+
+    return matches

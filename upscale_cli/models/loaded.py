@@ -100,10 +100,10 @@ class LoadedModel:
             # colour conversions stay fp32 even under reduced-precision autocast
             with torch.autocast(x.device.type, enabled=False):
                 ycc = rgb_to_ycbcr(x.float())
-            luma = self._net(ycc[:, :1])
+            luma = self._net(ycc[:, :1].to(x.dtype))
             with torch.autocast(x.device.type, enabled=False):
                 chroma = imresize(ycc[:, 1:], scale=self.scale)
-                y = ycbcr_to_rgb(torch.cat([luma.float(), chroma], dim=1))
+                y = ycbcr_to_rgb(torch.cat([luma.float(), chroma], dim=1)).to(x.dtype)
         if ph or pw:
             y = y[..., : h * self.scale, : w * self.scale]
         return y

@@ -20,9 +20,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import MeanShift, ResBlock, Upsampler, conv, indices, receptive_radius, shape
+from .layers import conv, indices, layout_matcher, MeanShift, receptive_radius, ResBlock, shape, Upsampler
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import layout_matcher
 
 SCALES = (2, 3, 4)
 

@@ -29,9 +29,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import RFLayer, conv, indices, receptive_radius, shape
+from .layers import conv, doublings, indices, layout_matcher, receptive_radius, RFLayer, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .vdsr import doublings, layout_matcher
 
 
 class ResidualBlockBN(nn.Module):

@@ -11,24 +11,19 @@ Adjustable gradient clipping (Sec. 3.2): every gradient component is clipped to
 ``[-theta / lr, theta / lr]``, ``lr`` the current learning rate, which lets the paper train at
 learning rate 0.1; :func:`adjustable_gradient_clip_` applies the rule for a trainer.
 
-Also home of the helpers shared by the "seed papers" families (VDSR ... CMSC):
-:func:`layout_matcher` (their ``matches`` rule: a few signature keys, then exactly the key/shape
-layout of the network the state dict's shapes describe), :func:`he_init_`, :func:`ilr_radius`
-(nets that run on the bicubic-upscaled input) and :func:`doublings`.
-
 Keys: ``convs.{0..d-1}.{weight,bias}``.  No public weights (trainable only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, has, indices, receptive_radius, shape
+from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 THETA = 0.01
@@ -49,51 +44,12 @@ def adjustable_gradient_clip_(parameters: Iterable[Tensor], lr: float, theta: fl
     return bound
 
 
-def he_init_(module: nn.Module, negative_slope: float = 0.0) -> nn.Module:
-    """He et al. (ICCV 2015) normal initialisation of every (transposed) conv weight for a
-    (leaky) ReLU network, zero biases - the "msra" filler of the Caffe/MatConvNet releases of
-    VDSR, DRRN, MemNet and LapSRN.  Returns ``module``."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(layer.weight, a=negative_slope, nonlinearity="leaky_relu")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-    return module
 
 
-def doublings(scale: int, family: str) -> int:
-    """``log2(scale)`` for the families that upscale x2 per stage (LapSRN, SRGAN, DenseSR)."""
-    if scale < 2 or scale & (scale - 1):
-        raise ValueError(f"{family} upscales by powers of two, not x{scale}")
-    return scale.bit_length() - 1
 
 
-def ilr_radius(depth: int, scale: int) -> int:
-    """Radius of a net that runs ``depth`` 3x3 convs (receptive-field radius ``depth``) on the
-    bicubic-upscaled input: the cubic kernel's two LR taps plus ``depth`` HR pixels."""
-    return receptive_radius([("cubic", scale), ("conv", depth)], scale)
 
 
-def layout_matcher(
-    signature: Sequence[str],
-    build: Callable[..., nn.Module],
-    infer: Callable[[StateDict], tuple[dict[str, Any], int | None]],
-) -> Callable[[StateDict], bool]:
-    """A ``matches`` function: ``sd`` has the ``signature`` keys, and exactly the keys and shapes
-    of ``build(**infer(sd))`` (built on the meta device, so it costs no memory)."""
-
-    def matches(sd: StateDict) -> bool:
-        if not has(sd, *signature):
-            return False
-        try:
-            kwargs, scale = infer(sd)
-            with torch.device("meta"):
-                ref = build(scale=scale or 2, **kwargs).state_dict()
-        except (KeyError, IndexError, ValueError, TypeError):  # shapes no network of the family has
-            return False
-        return ref.keys() == sd.keys() and all(tuple(ref[k].shape) == tuple(sd[k].shape) for k in ref)
-
-    return matches
 
 
 class VDSR(nn.Module):
