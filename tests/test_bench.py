@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import typer
+from conftest import CHECKPOINTS, SET5, SET14, need_shared
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import CHECKPOINTS, SET5, SET14, need_shared
 from upscale_cli import bench as bench_mod
 from upscale_cli.commands import bench as bench_cmd
 from upscale_cli.metrics import evaluate, quantize

@@ -17,7 +17,12 @@ from upscale_cli.commands import models as models_cmd
 from upscale_cli.download import cache_dir
 from upscale_cli.errors import EXIT_USAGE, EXIT_WEIGHTS, UsageError, WeightsError
 from upscale_cli.loader import load_model, scale_from_name
-from upscale_cli.weights import manifest_entry, read_checkpoint, save_weights, sha256_file
+from upscale_cli.weights import (
+    manifest_entry,
+    read_checkpoint,
+    save_weights,
+    sha256_file,
+)
 
 
 def cache_fixture(checkpoints: Path, file: str) -> Path:

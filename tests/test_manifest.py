@@ -10,11 +10,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import CHECKPOINTS, REPO, need_shared
 
 from upscale_cli.models import get_arch, get_spec, list_specs
 from upscale_cli.weights import manifest_path
-
-from conftest import CHECKPOINTS, REPO, need_shared
 
 ROOT_MANIFEST = REPO / "weights_manifest.json"
 PACKAGE_MANIFEST = REPO / "upscale_cli" / "weights_manifest.json"

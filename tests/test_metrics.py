@@ -9,7 +9,15 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from upscale_cli.metrics import evaluate, gaussian_window, psnr, quantize, shave, ssim, to_eval_channel
+from upscale_cli.metrics import (
+    evaluate,
+    gaussian_window,
+    psnr,
+    quantize,
+    shave,
+    ssim,
+    to_eval_channel,
+)
 
 
 def _pair(h: int, w: int, seed: int, noise: float = 25.0) -> tuple[np.ndarray, np.ndarray]:

@@ -19,12 +19,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TRAIN
 from torch import Tensor, nn
 
-from conftest import TRAIN
 from upscale_cli.color import rgb_to_y
 from upscale_cli.metrics import psnr, shave
-from upscale_cli.models import LoadedModel, create_model, get_arch, get_spec, list_archs, list_specs
+from upscale_cli.models import (
+    LoadedModel,
+    create_model,
+    get_arch,
+    get_spec,
+    list_archs,
+    list_specs,
+)
 from upscale_cli.models.drcn import multi_supervision_loss
 from upscale_cli.models.lapsrn import pyramid_loss
 from upscale_cli.models.srgan import SRGANDiscriminator

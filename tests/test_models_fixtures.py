@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CHECKPOINTS, SET5, need_shared
 from PIL import Image
 from torch import Tensor
 
 from upscale_cli.color import rgb_to_y
 from upscale_cli.models import LoadedModel, get_arch, get_spec
 from upscale_cli.resize import imresize
-
-from conftest import CHECKPOINTS, SET5, need_shared
 
 MINE = ("edsr", "rcan", "carn", "fsrcnn", "srvgg", "rrdbnet", "srresnet", "espcn", "srcnn")
 

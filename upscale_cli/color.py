@@ -18,22 +18,24 @@ _RGB_TO_YCBCR = (
     (112.0, -93.786, -18.214),
 )
 _OFFSET = (16.0, 128.0, 128.0)
+_FORWARD = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64) / 255.0
+_INVERSE = torch.linalg.inv(_FORWARD)
 
 
-def _matrix(rows: tuple[tuple[float, float, float], ...], like: Tensor) -> Tensor:
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+def _matrix(m: Tensor, like: Tensor) -> Tensor:
+    return m.to(dtype=like.dtype, device=like.device)
 
 
 def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
     """RGB (0..1) -> YCbCr (0..1 scale of the 0..255 studio-swing values), BT.601."""
-    m = _matrix(_RGB_TO_YCBCR, rgb) / 255.0
+    m = _matrix(_FORWARD, rgb)
     off = torch.tensor(_OFFSET, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1) / 255.0
     return torch.einsum("ij,...jhw->...ihw", m, rgb) + off
 
 
 def ycbcr_to_rgb(ycc: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_ycbcr` (no clamping)."""
-    m = torch.linalg.inv(_matrix(_RGB_TO_YCBCR, ycc).double()).to(ycc.dtype) * 255.0
+    m = _matrix(_INVERSE, ycc)
     off = torch.tensor(_OFFSET, dtype=ycc.dtype, device=ycc.device).view(3, 1, 1) / 255.0
     return torch.einsum("ij,...jhw->...ihw", m, ycc - off)
 

@@ -200,7 +200,11 @@ def fetch_hf(
     A cached file that fails the check is fetched again once (``force_download``); a download
     that still fails raises :class:`_BadBytes`.  ``progress=False`` silences the hub's bars.
     """
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     silence = not progress and not are_progress_bars_disabled()
     if silence:

@@ -66,6 +66,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError, features
 from torch import Tensor
 
 from .errors import InputError, UsageError
+from .files import UMASK as _UMASK
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -810,13 +811,6 @@ def _encoder(pic: Picture, fmt: str, quality: int | None, path: Path) -> Callabl
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def _same_file(a: Path, b: str | os.PathLike[str]) -> bool:

@@ -16,9 +16,7 @@ import json
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import WeightsError
+from .files import atomic_path
 
 if TYPE_CHECKING:
     from .models.registry import Arch
@@ -37,23 +36,6 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network",
 """Keys under which checkpoints nest their state dict, in order of preference (EMA first)."""
 
 _PREFIXES = ("module.",)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

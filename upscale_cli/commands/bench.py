@@ -185,7 +185,13 @@ def run(
     console: Console,
 ) -> list[Row]:
     """Benchmark ``entries`` (model name, weights) with a progress bar on ``console``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from ..bench import Contestant, find_sets, run_bench
     from ..engine import Upscaler

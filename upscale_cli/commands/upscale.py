@@ -282,7 +282,14 @@ def _process(console: Console, missing: list[Job], jobs: list[Job], upscaler, em
              quality: int | None, overwrite: bool, skip_existing: bool, continue_on_error: bool,
              max_pixels: int | None, outscale: float | None, width: int | None, height: int | None,
              protect: set[Path], verbose: bool, quiet: bool) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ..api import upscale_picture
     from ..io import ImageIOWarning, read_image, write_image

@@ -28,7 +28,15 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import conv, he_init_, indices, layout_matcher, receptive_radius, RFLayer, shape
+from .layers import (
+    RFLayer,
+    conv,
+    he_init_,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 SLOPE = 0.2

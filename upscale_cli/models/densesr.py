@@ -32,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, doublings, indices, layout_matcher, receptive_radius, RFLayer, shape
+from .layers import (
+    RFLayer,
+    conv,
+    doublings,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 SLOPE = 0.1

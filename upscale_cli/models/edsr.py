@@ -17,7 +17,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import MeanShiftNet, ResBlock, Upsampler, conv, has, indices, mean_shift_kwargs, receptive_radius
+from .layers import (
+    MeanShiftNet,
+    ResBlock,
+    Upsampler,
+    conv,
+    has,
+    indices,
+    mean_shift_kwargs,
+    receptive_radius,
+)
 from .registry import Arch, ModelSpec, register_arch, register_model
 
 

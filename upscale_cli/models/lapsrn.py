@@ -39,7 +39,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, doublings, has, he_init_, indices, layout_matcher, receptive_radius, RFLayer, shape
+from .layers import (
+    RFLayer,
+    conv,
+    doublings,
+    has,
+    he_init_,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 SLOPE = 0.2

@@ -20,7 +20,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import conv, indices, layout_matcher, MeanShift, receptive_radius, ResBlock, shape, Upsampler
+from .layers import (
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    conv,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 SCALES = (2, 3, 4)

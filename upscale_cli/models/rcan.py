@@ -24,7 +24,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import MeanShiftNet, Upsampler, conv, has, indices, mean_shift_kwargs, receptive_radius, shape
+from .layers import (
+    MeanShiftNet,
+    Upsampler,
+    conv,
+    has,
+    indices,
+    mean_shift_kwargs,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, register_arch, register_model
 
 

@@ -23,7 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, he_init_, indices, layout_matcher, receptive_radius, shape, shuffle_scale
+from .layers import (
+    conv,
+    he_init_,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+    shuffle_scale,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, has, receptive_radius, shape
+from .layers import conv, receptive_radius, shape
 from .registry import Arch, ModelSpec, register_arch, register_model
 
 

@@ -29,7 +29,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import conv, doublings, indices, layout_matcher, receptive_radius, RFLayer, shape
+from .layers import (
+    RFLayer,
+    conv,
+    doublings,
+    indices,
+    layout_matcher,
+    receptive_radius,
+    shape,
+)
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 
