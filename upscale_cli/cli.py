@@ -38,6 +38,8 @@ def _group_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     """Dispatch on the first word: a subcommand name, or inputs of the main command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        args = ["--help"]  # a bare `upscale` shows the help (inputs, options, subcommands)
     if args and args[0] in SUBCOMMANDS:
         _group_app()(args, prog_name="upscale")
     else:
