@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -465,22 +464,14 @@ def test_tensorboard_is_optional(tmp_path: Path, edge_files: list[str]) -> None:
         assert result.exit_code == 0 and any((tmp_path / "o" / "tensorboard").iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path, edge_files: list[str]) -> None:
     ddp_out = tmp_path / "ddp"
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nnodes=1",
+        "--standalone",  # torchrun binds a free port itself: no race with other tests' processes
         "--nproc-per-node=2",
-        "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
         "-m",
         "upscale_cli",
         "train",

@@ -35,7 +35,7 @@ def train(
         None,
         "--loss",
         help="Weighted terms name[:variant]=w among l1, mse, charbonnier, perceptual[:vgg16_relu2_2|vgg19_relu5_4|vgg19_conv5_4], "
-        "texture, highpass, adversarial." + _default("loss"),
+        "texture, highpass, adversarial[:ragan|gan]." + _default("loss"),
     ),
     patch_size: int | None = typer.Option(None, "--patch-size", help="LR patch side in pixels." + _default("patch_size")),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Patches per step, over all processes." + _default("batch_size")),
@@ -44,7 +44,23 @@ def train(
     optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd." + _default("optimizer")),
     schedule: str | None = typer.Option(None, "--schedule", help="cosine, step (halved at 20/40/60/80 %) or none." + _default("schedule")),
     warmup: int | None = typer.Option(None, "--warmup", help="Linear warm-up steps." + _default("warmup")),
-    grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradients' global L2 norm; 0 = off." + _default("grad_clip")),
+    grad_clip: float | None = typer.Option(
+        None, "--grad-clip", help="Gradient clipping: the global L2 norm, or theta in adjustable mode; 0 = off." + _default("grad_clip")
+    ),
+    grad_clip_mode: str | None = typer.Option(
+        None,
+        "--grad-clip-mode",
+        help="norm (global L2 norm <= --grad-clip) or adjustable (VDSR: each component within +-theta/lr)." + _default("grad_clip_mode"),
+    ),
+    deep_supervision: bool | None = typer.Option(
+        None,
+        "--deep-supervision/--no-deep-supervision",
+        help="Supervise every intermediate output the paper does (DRCN, MemNet multi-supervised, CMSC: each prediction; "
+        "LapSRN: each pyramid level) (default: on for those networks).",
+    ),
+    discriminator: str | None = typer.Option(
+        None, "--discriminator", help="GAN mode: vgg (ESRGAN) or srgan (Ledig et al., 96 px HR patches)." + _default("discriminator")
+    ),
     ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights (validated and exported); 0 = off." + _default("ema")),
     precision: str | None = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 (autocast)." + _default("precision")),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps." + _default("device")),
@@ -77,6 +93,9 @@ def train(
         "schedule": schedule,
         "warmup": warmup,
         "grad_clip": grad_clip,
+        "grad_clip_mode": grad_clip_mode,
+        "deep_supervision": deep_supervision,
+        "discriminator": discriminator,
         "ema": ema,
         "precision": precision,
         "device": device,

@@ -12,7 +12,10 @@ subnetworks and a shared reconstruction net (Sec. III):
   ``F_s = F_{s-1} + MSC_B(...MSC_1(F_{s-1}))`` - each stage refines the previous stage's features;
 * cascaded supervision and assembling: every stage is reconstructed, ``y_s = x + f_rec(F_s)``,
   and the output is the learned weighted average ``y = sum_s w_s y_s``;
-  :meth:`CMSC.forward_all` + :func:`~upscale_cli.models.drcn.multi_supervision_loss` train it.
+  :meth:`CMSC.forward_all` + :func:`~upscale_cli.models.drcn.multi_supervision_loss` train it
+  (``upscale train``: through :class:`~upscale_cli.models.drcn.RecursiveSupervision`, every
+  stage's prediction and the assembled output weighted equally, as MemNet's loss - the paper's
+  weighting was not available to check).
 
 This is our reading of the paper's description: ReLU-conv (pre-activated, no batch norm)
 layers of 64 filters, one conv per branch and layer, two layers per MSC module, 3 stages of 3
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .drcn import PredictionEnsemble
+from .drcn import PredictionEnsemble, RecursiveSupervision
 from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
@@ -54,7 +57,7 @@ class MSCModule(nn.Module):
         return (a + b) * 0.5
 
 
-class CMSC(nn.Module):
+class CMSC(RecursiveSupervision, nn.Module):
     """CMSC (Hu et al. 2018).
 
     Args:

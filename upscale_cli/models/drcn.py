@@ -12,9 +12,15 @@ filters of 3x3 each:
 Advanced model (Sec. 3.2): every ``H_d`` is reconstructed, with the skip connection adding the
 input, ``y_d = x + f3(H_d)``, and the output is the learned weighted average
 ``y = sum_d w_d * y_d``.  Recursive supervision (Sec. 3.2-3.3): :meth:`DRCN.forward_all` returns
-the output and every ``y_d``; :func:`multi_supervision_loss` is the paper's loss
-``alpha * mean_d l(y_d, t) + (1 - alpha) * l(y, t)`` (its weight decay is the optimiser's).
-MemNet and CMSC reuse :class:`PredictionEnsemble` and :func:`multi_supervision_loss`.
+the output and every ``y_d``; :func:`multi_supervision_loss` is the paper's loss (without its
+weight-decay term, which is the optimiser's) ``alpha * mean_d l(y_d, t) + (1 - alpha) * l(y, t)``.
+``upscale train`` applies it through :class:`RecursiveSupervision` (the trainer's
+deep-supervision hook, :mod:`upscale_cli.train.supervision`), ``alpha`` decaying from 1 to 0
+over the first half of training: ``alpha`` weighs the intermediate outputs, which ease the
+early optimisation, and the final output takes over as it decays.  That schedule is our
+choice (public re-implementations also decay ``alpha`` linearly from 1 to 0).
+MemNet and CMSC reuse :class:`PredictionEnsemble`, :class:`RecursiveSupervision` and
+:func:`multi_supervision_loss`.
 
 Y channel, 0..1.  Keys: ``embed.{0,2}``, ``recursive``, ``reconstruct.{0,2}``,
 ``ensemble.weight``.  No public weights (trainable only).
@@ -57,12 +63,53 @@ def multi_supervision_loss(
     criterion: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
 ) -> Tensor:
     """``alpha * mean_d criterion(y_d, t) + (1 - alpha) * criterion(y, t)``: DRCN's recursive
-    supervision (MSE, as in the paper) and MemNet's multi-supervision loss."""
-    inter = torch.stack([criterion(y, target) for y in intermediates]).mean()
+    supervision (MSE, as in the paper) and MemNet's multi-supervision loss.
+
+    ``criterion`` may return a scalar or a vector (several loss terms at once, as the trainer's
+    objective does): the combination is taken element-wise.  With no intermediate output it is
+    ``criterion(y, t)``.
+    """
+    if not intermediates:
+        return criterion(final, target)
+    inter = torch.stack([criterion(y, target) for y in intermediates]).mean(0)
     return alpha * inter + (1.0 - alpha) * criterion(final, target)
 
 
-class DRCN(nn.Module):
+class RecursiveSupervision:
+    """The trainer's deep-supervision hook for networks with ``forward_all(x) -> (y, [y_1..y_n])``
+    (see :mod:`upscale_cli.train.supervision`): the outputs are ``[y_1, ..., y_n, y]`` and the
+    loss is :func:`multi_supervision_loss` with ``alpha = supervision_alpha(n, progress)``.
+
+    The default ``alpha = n / (n + 1)`` weighs the ``n`` intermediate predictions and the final
+    output equally, ``1 / (n + 1)`` each: MemNet's multi-supervision loss (Tai et al. 2017,
+    Sec. 3.3, whose weight ``1 / (M + 1)`` is on the final output in their notation).
+    """
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        raise NotImplementedError
+
+    def supervision_alpha(self, n: int, progress: float) -> float:
+        """The weight of the intermediate outputs with ``n`` of them, ``progress`` (0..1) into training."""
+        return n / (n + 1)
+
+    def training_outputs(self, x: Tensor) -> list[Tensor]:
+        """Every supervised output, the final one (``forward(x)``) last."""
+        final, preds = self.forward_all(x)
+        return [*preds, final]
+
+    def supervision_loss(
+        self, outputs: Sequence[Tensor], hr: Tensor, criterion: Callable[[Tensor, Tensor], Tensor], progress: float
+    ) -> Tensor:
+        """:func:`multi_supervision_loss` over :meth:`training_outputs`, every one against ``hr``."""
+        alpha = self.supervision_alpha(len(outputs) - 1, progress)
+        return multi_supervision_loss(outputs[-1], outputs[:-1], hr, alpha, criterion)
+
+
+ALPHA_ZERO_AT = 0.5
+"""Fraction of training after which DRCN's ``alpha`` reaches 0 (our choice, see the module docstring)."""
+
+
+class DRCN(RecursiveSupervision, nn.Module):
     """DRCN (Kim et al. 2016) on the Y channel.
 
     Args:
@@ -92,6 +139,10 @@ class DRCN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_all(x)[0]
+
+    def supervision_alpha(self, n: int, progress: float) -> float:
+        """``alpha`` decays linearly from 1 at the start to 0 at :data:`ALPHA_ZERO_AT` of training."""
+        return max(0.0, 1.0 - progress / ALPHA_ZERO_AT)
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:

@@ -13,7 +13,9 @@ A Laplacian pyramid: the LR image is upscaled x2 per level,
 Every level is supervised with the Charbonnier penalty ``rho(x) = sqrt(x^2 + eps^2)`` against
 the HR image resized to that level: :meth:`forward_pyramid` returns every
 ``I_s`` and :func:`pyramid_loss` sums ``criterion(I_s, bicubic-downscaled HR)`` over levels (pass
-the trainer's ``charbonnier`` as criterion).
+the trainer's ``charbonnier`` as criterion).  ``upscale train`` does so through the
+deep-supervision hook (:meth:`training_outputs`, :meth:`supervision_loss`; see
+:mod:`upscale_cli.train.supervision`).
 
 * ``shared=False`` - LapSRN (CVPR; the authors' MatConvNet ``init_LapSRN_model.m``): 64 filters,
   ``depth`` = 10 per level, LeakyReLU 0.2 after every conv, the 3x3 transposed feature upsampler
@@ -116,6 +118,16 @@ class _Pyramid(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_pyramid(x)[-1]
 
+    def training_outputs(self, x: Tensor) -> list[Tensor]:
+        """The trainer's deep-supervision hook: every level's reconstruction."""
+        return self.forward_pyramid(x)
+
+    def supervision_loss(
+        self, outputs: Sequence[Tensor], hr: Tensor, criterion: Callable[[Tensor, Tensor], Tensor], progress: float
+    ) -> Tensor:
+        """:func:`pyramid_loss` (``progress`` is not used: the levels weigh alike throughout)."""
+        return pyramid_loss(outputs, hr, criterion)
+
 
 class LapSRN(_Pyramid):
     """LapSRN (CVPR 2017): per-level weights.
@@ -197,7 +209,8 @@ class MSLapSRN(_Pyramid):
 
 def pyramid_loss(outputs: Sequence[Tensor], hr: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """Sum over levels of ``criterion(I_s, HR_s)``, ``HR_s`` the HR image bicubic-downscaled to
-    level ``s``'s size (with ``criterion`` the Charbonnier penalty, as in the papers)."""
+    level ``s``'s size (with ``criterion`` the Charbonnier penalty, as in the papers).
+    ``criterion`` may return a vector of loss terms: they are summed element-wise."""
     total = torch.zeros((), dtype=hr.dtype, device=hr.device)
     for out in outputs:
         target = hr if out.shape[-2:] == hr.shape[-2:] else imresize(hr, size=tuple(out.shape[-2:]))

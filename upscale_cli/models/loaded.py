@@ -9,7 +9,7 @@ times the size out (not clamped).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,33 @@ from torch import Tensor, nn
 
 from ..color import rgb_to_ycbcr, ycbcr_to_rgb
 from .registry import Arch
+
+
+def in_convention(forward: Callable[[Tensor], list[Tensor]], x: Tensor, convention: str) -> list[Tensor]:
+    """Run ``forward`` (outputs in a family's :data:`~.registry.Convention`) on RGB 0..1 ``x``
+    and return every output as RGB 0..1.
+
+    ``rgb255`` nets see ``255 x`` and their outputs are divided by 255.  Y-only nets get the
+    BT.601 luma; each output's chroma is the bicubic of the input's at that output's size.
+    Colour conversions stay fp32 under reduced-precision autocast; outputs keep ``x``'s dtype.
+    A list so that deeply supervised nets (several outputs) share the one implementation.
+    """
+    if convention == "rgb":
+        return forward(x)
+    if convention == "rgb255":
+        return [y / 255.0 for y in forward(x * 255.0)]
+    from ..resize import imresize
+
+    device = x.device.type
+    with torch.autocast(device, enabled=False):
+        ycc = rgb_to_ycbcr(x.float())
+    lumas = forward(ycc[:, :1].to(x.dtype))
+    out = []
+    with torch.autocast(device, enabled=False):
+        for luma in lumas:
+            chroma = imresize(ycc[:, 1:], size=tuple(luma.shape[-2:]))
+            out.append(ycbcr_to_rgb(torch.cat([luma.float(), chroma], dim=1)).to(x.dtype))
+    return out
 
 
 @dataclass
@@ -90,20 +117,7 @@ class LoadedModel:
         if ph or pw:
             mode = "reflect" if h > ph and w > pw else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        if self.convention == "rgb":
-            y = self._net(x)
-        elif self.convention == "rgb255":
-            y = self._net(x * 255.0) / 255.0
-        else:  # "y": the net sees luma only; chroma is upscaled with the bicubic
-            from ..resize import imresize
-
-            # colour conversions stay fp32 even under reduced-precision autocast
-            with torch.autocast(x.device.type, enabled=False):
-                ycc = rgb_to_ycbcr(x.float())
-            luma = self._net(ycc[:, :1].to(x.dtype))
-            with torch.autocast(x.device.type, enabled=False):
-                chroma = imresize(ycc[:, 1:], scale=self.scale)
-                y = ycbcr_to_rgb(torch.cat([luma.float(), chroma], dim=1)).to(x.dtype)
+        y = in_convention(lambda t: [self._net(t)], x, self.convention)[0]
         if ph or pw:
             y = y[..., : h * self.scale, : w * self.scale]
         return y

@@ -16,7 +16,9 @@ Memory block ``m`` (Fig. 2):
 Multi-supervised variant: every ``B_m`` goes through the (shared) reconstruction
 conv, ``y_m = x + f_rec(B_m)``, and the output is ``y = sum_m w_m y_m`` with learned weights;
 :meth:`MemNet.forward_all` with :func:`~upscale_cli.models.drcn.multi_supervision_loss` gives
-the paper's loss.  Batch norm as in the authors' Caffe files (``MemNet_M6R6_80C64``): conv
+the paper's loss (the ``M`` predictions and ``y`` weighted equally), which
+``upscale train`` applies through :class:`~upscale_cli.models.drcn.RecursiveSupervision`; the
+plain MemNet is trained on its output alone.  Batch norm as in the authors' Caffe files (``MemNet_M6R6_80C64``): conv
 weights shared across recursions (and the reconstruction conv across outputs), one BN per use.
 
 The paper's 677K parameters (M6R6, 80 layers, 64 channels) count convolution weights.
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .drcn import PredictionEnsemble
+from .drcn import PredictionEnsemble, RecursiveSupervision
 from .drrn import pre_activated
 from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
@@ -61,7 +63,7 @@ class MemoryBlock(nn.Module):
         return self.gate(torch.cat(long_term + short_term, dim=1))
 
 
-class MemNet(nn.Module):
+class MemNet(RecursiveSupervision, nn.Module):
     """MemNet (Tai et al. 2017, Fig. 1).
 
     Args:
@@ -104,6 +106,10 @@ class MemNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_all(x)[0]
+
+    def training_outputs(self, x: Tensor) -> list[Tensor]:
+        """The per-block predictions and the output; the output alone for the plain MemNet."""
+        return super().training_outputs(x) if self.ensemble is not None else [self(x)]
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:

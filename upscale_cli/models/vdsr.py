@@ -44,14 +44,6 @@ def adjustable_gradient_clip_(parameters: Iterable[Tensor], lr: float, theta: fl
     return bound
 
 
-
-
-
-
-
-
-
-
 class VDSR(nn.Module):
     """VDSR (Kim et al. 2016, Fig. 2): ``y = ILR + convs(ILR)``, ``ILR = bicubic(x, scale)``.
 

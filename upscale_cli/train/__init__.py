@@ -8,6 +8,8 @@ and ``upscale bench`` load with no other flag.  Modules, one job each:
 * :mod:`.config` - options, TOML ``--config``, flag precedence;
 * :mod:`.data` / :mod:`.degrade` - decoded images, crops, augmentation, LR synthesis;
 * :mod:`.losses`, :mod:`.vgg`, :mod:`.discriminator` - the objective;
+* :mod:`.supervision` - deep supervision, the hook by which a network is trained on several
+  outputs (DRCN, MemNet, CMSC, LapSRN);
 * :mod:`.optim`, :mod:`.ema`, :mod:`.precision` - optimisation;
 * :mod:`.loop` - the trainer; :mod:`.validate`, :mod:`.report` - validation and progress;
 * :mod:`.checkpoint`, :mod:`.ddp`, :mod:`.export`.

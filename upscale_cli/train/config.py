@@ -13,6 +13,10 @@ that have no flag:
 * ``channels_last``: ``"auto"`` (on CUDA), ``true`` or ``false``;
 * ``log_every``: steps between plain log lines when stderr is not a terminal.
 
+``deep_supervision`` (``--deep-supervision`` / ``--no-deep-supervision``) is ``true``,
+``false`` or absent (auto: on for the networks that have intermediate outputs to supervise,
+see :mod:`upscale_cli.train.supervision`).
+
 ``loss`` may be a string (``"l1=1,perceptual:vgg16=0.01"``) or a table
 (``{l1 = 1.0, "perceptual:vgg16" = 0.01}``); ``scale`` an integer or a list (several scales
 train a multi-scale network, one scale per batch); ``data`` a path or a list of paths.
@@ -35,6 +39,11 @@ LOSSES = ("l1", "mse", "charbonnier", "perceptual", "texture", "highpass", "adve
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GRAD_CLIP_MODES = ("norm", "adjustable")
+"""``--grad-clip-mode``: clip the global L2 norm to ``--grad-clip``, or every component to
+``[-theta/lr, theta/lr]`` with ``theta = --grad-clip`` (VDSR's adjustable clipping)."""
+DISCRIMINATORS = ("vgg", "srgan")
+"""``--discriminator`` of GAN mode: ESRGAN's VGG-style network or SRGAN's (96x96 HR patches)."""
 RESIZE_METHODS = ("cubic", "lanczos3", "bilinear", "area", "nearest")
 """Downscale methods a degradation may draw from: the :func:`~upscale_cli.resize.imresize`
 kernels ``cubic``, ``lanczos3``, ``nearest``; torch's antialiased ``bilinear``; ``area`` (the
@@ -117,6 +126,9 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup: int = 0
     grad_clip: float = 0.0
+    grad_clip_mode: str = "norm"
+    deep_supervision: bool | None = None
+    discriminator: str = "vgg"
     ema: float = 0.999
     precision: str = "auto"
     device: str = "auto"
@@ -260,10 +272,16 @@ def _check(cfg: TrainConfig) -> None:
     """Range and choice checks; one :class:`UsageError` per problem."""
     if not cfg.data:
         raise UsageError("--data: give at least one folder of training images")
-    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS}
+    choices = {
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+        "precision": PRECISIONS,
+        "grad_clip_mode": GRAD_CLIP_MODES,
+        "discriminator": DISCRIMINATORS,
+    }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise UsageError(f"--{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+            raise UsageError(f"--{key.replace('_', '-')}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
     positive = {"patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "steps": cfg.steps, "log_every": cfg.log_every}
     for key, value in positive.items():
         if not isinstance(value, int) or value < 1:
@@ -278,6 +296,10 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError(f"--lr: expected a positive number, got {cfg.lr!r}")
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad-clip: expected a number >= 0 (0 = off), got {cfg.grad_clip!r}")
+    if cfg.grad_clip_mode == "adjustable" and not cfg.grad_clip > 0:
+        raise UsageError("--grad-clip-mode adjustable: give theta with --grad-clip (e.g. 0.01, VDSR's bound 0.1 at lr 0.1)")
+    if cfg.deep_supervision not in (None, True, False):
+        raise UsageError(f"deep_supervision: expected true or false, got {cfg.deep_supervision!r}")
     if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema: expected a decay in [0, 1) (0 = off), got {cfg.ema!r}")
     if cfg.seed is not None and (not isinstance(cfg.seed, int) or cfg.seed < 0):

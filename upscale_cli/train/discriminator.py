@@ -11,11 +11,27 @@ relativistic average discriminator (ESRGAN Eq. 1).
 For 128x128 inputs this is exactly ESRGAN's network; other sizes (HR patches of 192 for
 patch 48 at x4...) go through an adaptive average pool to the 4x4 grid the dense layers expect
 (the identity at 128x128).  Inputs must be at least 32x32 (five halvings).
+
+``--discriminator srgan`` picks SRGAN's own network instead
+(:class:`~upscale_cli.models.srgan.SRGANDiscriminator`, Ledig et al. 2017, Fig. 4): its dense
+layer of 1024 units sits on the 6x6 grid of a 96x96 HR patch, the paper's training size.  It
+is used as the paper defines it, so the HR patch (``--patch-size`` x scale) must be 96: 24 at
+x4, 48 at x2, 12 at x8 (:func:`make_discriminator` says so otherwise).  An adaptive pool would
+accept other sizes, but then it would not be the paper's network; sizing the dense layer for a
+larger patch would grow it with the square of the patch (75M weights at 192x192).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
+
+from ..errors import UsageError
+from ..models.srgan import SRGANDiscriminator
+
+SRGAN_PATCH = 96
+"""The HR patch side SRGAN's discriminator takes (Ledig et al. 2017, Sec. 3.2)."""
 
 
 def _stage(cin: int, cout: int, first: bool) -> list[nn.Module]:
@@ -54,3 +70,25 @@ class VGGDiscriminator(nn.Module):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"the discriminator needs inputs of at least 32x32, got {tuple(x.shape[-2:])}")
         return self.classifier(self.pool(self.features(x)))
+
+
+def make_discriminator(kind: str, hr_patches: Sequence[int]) -> nn.Module:
+    """The discriminator of ``--discriminator`` (``vgg`` or ``srgan``) for HR patches of the
+    given sides (one per trained scale).
+
+    Raises:
+        UsageError: patches the network cannot take.
+    """
+    sizes = ", ".join(map(str, sorted(set(hr_patches))))
+    if kind == "srgan":
+        if set(hr_patches) != {SRGAN_PATCH}:
+            raise UsageError(
+                f"--discriminator srgan takes {SRGAN_PATCH}x{SRGAN_PATCH} HR patches (patch-size x scale), not {sizes}: "
+                "use --patch-size 24 at x4 or 48 at x2, or --discriminator vgg"
+            )
+        return SRGANDiscriminator(patch_size=SRGAN_PATCH)
+    if kind != "vgg":
+        raise UsageError(f"--discriminator: {kind!r} is not one of vgg, srgan")
+    if min(hr_patches) < 32:
+        raise UsageError("--loss adversarial: the HR patch (patch-size x scale) must be at least 32 px")
+    return VGGDiscriminator()

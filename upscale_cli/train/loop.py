@@ -9,17 +9,33 @@ One step (``t`` 0-based, ``t + 1`` steps done after it):
    (RGB 0..1 in and out; ``rgb255`` and Y-only families are converted inside, exactly as at
    inference), under autocast when ``--precision`` asks for it;
 3. the weighted loss terms (:class:`~.losses.Objective`) are summed and back-propagated (with
-   fp16 loss scaling), gradients are clipped to ``--grad-clip`` (global L2 norm), the optimiser
-   and the schedule step, the EMA folds the new weights in;
-4. GAN mode (an ``adversarial`` term): the discriminator then takes one step on the
-   relativistic average loss of real HR against the detached output (ESRGAN's alternating
-   updates);
+   fp16 loss scaling), gradients are clipped (``--grad-clip-mode norm``: their global L2 norm
+   to ``--grad-clip``; ``adjustable``: every component to ``[-theta/lr, theta/lr]`` with
+   ``theta = --grad-clip`` and ``lr`` the step's learning rate, VDSR's adjustable gradient
+   clipping, :func:`upscale_cli.models.vdsr.adjustable_gradient_clip_`), the optimiser and
+   the schedule step, the EMA folds the new weights in;
+4. GAN mode (an ``adversarial`` term): the discriminator of ``--discriminator`` then takes one
+   step on its loss (relativistic average or standard, the term's variant) of real HR against
+   the detached output (alternating updates, as SRGAN and ESRGAN);
 5. every ``--val-every`` steps rank 0 scores the EMA (else the live) weights on the validation
    set and exports them when they are the best so far; every ``--save-every`` steps it writes
    the checkpoint.
 
 With validation off, every checkpoint also exports the current weights; the end of the run
 always validates (when on), checkpoints and exports.
+
+Deep supervision (the one hook a network may declare).  A network with the methods of
+:class:`~.supervision.DeeplySupervised` - ``training_outputs(x) -> list[Tensor]`` (every
+supervised output, the final one last) and ``supervision_loss(outputs, hr, criterion,
+progress) -> Tensor`` (the paper's combination of the per-output losses) - is trained on all
+its outputs when ``--deep-supervision`` is on, which is the default for such networks (DRCN,
+multi-supervised MemNet, CMSC: every intermediate prediction; LapSRN / MS-LapSRN: every
+pyramid level against the HR downscaled to its size).  Step 2 then runs ``training_outputs``
+(wrapped in :class:`~.supervision.TrainingOutputs`, which DDP wraps), turns every output into
+RGB 0..1 and step 3 takes ``supervision_loss`` with the objective's terms as the criterion, so
+each term is still logged on its own (:mod:`.supervision`).  Validation and export use the
+final output, as inference does.  Every other network, and ``--no-deep-supervision``, trains
+the final output alone.
 
 Determinism.  With ``--seed`` the run is reproducible: the weight initialisation, every batch
 (a pure function of seed and step, whatever the number of DataLoader workers or processes, see
@@ -52,6 +68,7 @@ from ..engine import resolve_device
 from ..errors import UpscaleError, UsageError
 from ..loader import load_model
 from ..models import Arch, LoadedModel, create_model, get_arch, get_spec
+from ..models.vdsr import adjustable_gradient_clip_
 from ..weights import load_strict
 from . import ddp
 from .checkpoint import (
@@ -64,17 +81,30 @@ from .checkpoint import (
 )
 from .config import TrainConfig, format_losses
 from .data import ImageStore, PatchDataset, make_loader
-from .discriminator import VGGDiscriminator
+from .discriminator import make_discriminator
 from .ema import ModelEMA
 from .export import export_model
-from .losses import Objective, ragan_discriminator_loss
+from .losses import Objective
 from .optim import make_optimizer, make_scheduler
 from .precision import Precision, resolve
 from .report import LOG_NAME, Reporter, require_tensorboard, truncate_log
+from .supervision import TrainingOutputs, supervised_terms, use_deep_supervision
 from .validate import ValidationSet, load_validation_set, validate
 
-RESUME_KEYS = ("model", "scale", "model_kwargs", "loss", "batch_size", "patch_size", "optimizer", "degradation")
-"""Options a resumed run must share with its checkpoint (the others may change, e.g. --steps)."""
+RESUME_KEYS = (
+    "model",
+    "scale",
+    "model_kwargs",
+    "loss",
+    "batch_size",
+    "patch_size",
+    "optimizer",
+    "degradation",
+    "deep_supervision",
+    "discriminator",
+)
+"""Options a resumed run must share with its checkpoint (the others may change, e.g. --steps);
+a key its checkpoint predates counts as that option's default."""
 
 
 @dataclass
@@ -207,10 +237,15 @@ class Trainer:
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.ema = ModelEMA(self.net, cfg.ema) if cfg.ema > 0 else None
-        self.gnet = ddp.wrap(self.net, ctx, self.device, find_unused=self.choice.arch.multiscale)
-        self.views = {
-            s: LoadedModel(self.choice.name, self.choice.arch, self.gnet, s, self.choice.kwargs) for s in self.choice.scales
-        }
+        self.deep = use_deep_supervision(cfg.deep_supervision, self.net, self.choice.name, cfg.gan)
+        if self.deep:
+            self._check_patch_multiple()
+        trained = TrainingOutputs(self.net) if self.deep else self.net
+        self.gnet = ddp.wrap(trained, ctx, self.device, find_unused=self.choice.arch.multiscale)
+        self.views: dict[int, LoadedModel] = {}
+        if not self.deep:  # deeply supervised nets run training_outputs (step 2), not the inference call
+            c = self.choice
+            self.views = {s: LoadedModel(c.name, c.arch, self.gnet, s, c.kwargs) for s in c.scales}
         self.opt = make_optimizer(cfg.optimizer, self.net.parameters(), cfg.lr)
         self.sched = make_scheduler(self.opt, cfg.schedule, cfg.steps, cfg.warmup)
         self.precision: Precision = resolve(cfg.precision, self.device, self.choice.arch)
@@ -218,9 +253,8 @@ class Trainer:
 
         self.disc: nn.Module | None = None
         if cfg.gan:
-            if cfg.patch_size * min(self.choice.scales) < 32:
-                raise UsageError("--loss adversarial: the HR patch (patch-size x scale) must be at least 32 px")
-            self.disc = VGGDiscriminator().to(self.device)
+            hr_patches = [cfg.patch_size * s for s in self.choice.scales]
+            self.disc = make_discriminator(cfg.discriminator, hr_patches).to(self.device)
             self.opt_d = make_optimizer(cfg.optimizer, self.disc.parameters(), cfg.lr)
             self.sched_d = make_scheduler(self.opt_d, cfg.schedule, cfg.steps, cfg.warmup)
             self.scaler_d = self.precision.scaler()
@@ -259,15 +293,24 @@ class Trainer:
         for key in RESUME_KEYS:
             if key == "scale" and not now["scale"]:
                 continue
-            if before.get(key) != now.get(key):
+            was = before.get(key, TrainConfig.__dataclass_fields__[key].default)
+            if was != now.get(key):
                 raise UsageError(
-                    f"{self.ckpt_path}: --{key.replace('_', '-')} was {before.get(key)!r} in that run, "
+                    f"{self.ckpt_path}: --{key.replace('_', '-')} was {was!r} in that run, "
                     f"not {now.get(key)!r}; resume with the same options or choose another --out"
                 )
         if self.cfg.seed is not None and self.cfg.seed != saved["seed"]:
             raise UsageError(f"{self.ckpt_path}: that run used --seed {saved['seed']}, not {self.cfg.seed}")
         if (self.cfg.ema > 0) != (saved["ema"] is not None):
             raise UsageError(f"{self.ckpt_path}: --ema must stay {'on' if saved['ema'] is not None else 'off'} on resume")
+
+    def _check_patch_multiple(self) -> None:
+        """Deeply-supervised outputs are not padded (the final one is cropped back at inference
+        only): the LR patch must be a multiple of the family's size multiple."""
+        c = self.choice
+        multiple = max(c.arch.size_multiple(c.kwargs, s) for s in c.scales)
+        if self.cfg.patch_size % multiple:
+            raise UsageError(f"--patch-size {self.cfg.patch_size}: {c.name} needs a multiple of {multiple} with deep supervision")
 
     def _load_init(self, init: str) -> None:
         """``--init``: a named model's published weights, or a weights file (path, URL, hf://)."""
@@ -301,7 +344,8 @@ class Trainer:
         self.reporter.note(
             f"{where}: {c.name} ({c.arch.name}, {params:,} params) x{','.join(map(str, c.scales))} on {self.device}, "
             f"{self.precision.name}, {len(self.store)} images{skipped}, batch {cfg.batch_size} x patch {cfg.patch_size}, "
-            f"loss {format_losses(cfg.loss)}, seed {self.seed}, {self.ctx.world} process(es)"
+            f"loss {format_losses(cfg.loss)}{' with deep supervision' if self.deep else ''}, "
+            f"seed {self.seed}, {self.ctx.world} process(es)"
         )
 
     # --- the steps ----------------------------------------------------------------------------
@@ -317,21 +361,17 @@ class Trainer:
 
     def _train_step(self, lr: Tensor, hr: Tensor) -> tuple[dict[str, float], float | None]:
         """One optimisation step; returns the loss terms (mean over processes) and D's loss."""
-        scale = hr.shape[-1] // lr.shape[-1]
         disc = self.disc
         if disc is not None:
             disc.requires_grad_(False)
         with self.precision.autocast():
-            sr = self.views[scale](lr)
-            terms = self.objective(sr, hr, lr, discriminator=disc)
+            sr, terms = self._generator_terms(lr, hr, disc)
         loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
             raise UpscaleError(f"the loss is {loss.item()} at step {self.step + 1}; lower --lr, add --grad-clip, or use fp32")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self._clip_gradients()
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
@@ -339,14 +379,35 @@ class Trainer:
             self.ema.update(self.net)
         d_loss = None
         if disc is not None:
+            assert sr is not None  # GAN mode trains the final output alone
             d_loss = self._discriminator_step(disc, hr, sr.detach())
         values = ddp.mean(torch.stack([t.detach().float() for t in terms.values()]), self.ctx).tolist()
         return dict(zip(terms.keys(), values)), d_loss
 
+    def _generator_terms(self, lr: Tensor, hr: Tensor, disc: nn.Module | None) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The network's output (``None`` under deep supervision: it has several) and the
+        weighted loss terms."""
+        if self.deep:
+            progress = self.step / self.cfg.steps
+            return None, supervised_terms(self.gnet, self.net, self.objective, lr, hr, self.choice.arch.convention, progress)
+        sr = self.views[hr.shape[-1] // lr.shape[-1]](lr)
+        return sr, self.objective(sr, hr, lr, discriminator=disc)
+
+    def _clip_gradients(self) -> None:
+        """``--grad-clip`` in ``--grad-clip-mode`` (see the module docstring), on unscaled gradients."""
+        cfg = self.cfg
+        if cfg.grad_clip <= 0:
+            return
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip_mode == "adjustable":
+            adjustable_gradient_clip_(self.net.parameters(), self.opt.param_groups[0]["lr"], cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+
     def _discriminator_step(self, disc: nn.Module, hr: Tensor, fake: Tensor) -> float:
         disc.requires_grad_(True)
         with self.precision.autocast():
-            d_loss = ragan_discriminator_loss(disc(hr).float(), disc(fake).float())
+            d_loss = self.objective.discriminator_loss(disc(hr).float(), disc(fake).float())
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(d_loss).backward()
         ddp.average_gradients(disc, self.ctx)
@@ -381,6 +442,7 @@ class Trainer:
             "steps": self.step,
             "total_steps": cfg.steps,
             "loss": format_losses(cfg.loss),
+            "deep_supervision": self.deep,
             "batch_size": cfg.batch_size,
             "patch_size": cfg.patch_size,
             "lr": cfg.lr,

@@ -32,8 +32,15 @@ sign of the L1 residual, or the cross terms of the squared one).
   interpolation) and the loss is ``mean((SR - up(LR) - r)^2)``.  With a per-pixel distance the
   ``up(LR)`` terms cancel, so this equals ``mse`` up to rounding; it is listed so that recipes
   can name the papers' objective.
-* ``adversarial``: the relativistic average GAN generator loss (ESRGAN Eq. 2, see
-  :func:`ragan_generator_loss`) against :class:`~upscale_cli.train.discriminator.VGGDiscriminator`.
+* ``adversarial[:variant]``: the generator's GAN loss against the discriminator of
+  ``--discriminator`` (:class:`~upscale_cli.train.discriminator.VGGDiscriminator`, or SRGAN's
+  :class:`~upscale_cli.models.srgan.SRGANDiscriminator`).  Variants:
+
+  - ``ragan`` (the default): the relativistic average GAN of ESRGAN (Eq. 1-2, see
+    :func:`ragan_generator_loss`, :func:`ragan_discriminator_loss`);
+  - ``gan`` (alias ``srgan``): the standard GAN of SRGAN (Ledig et al. 2017, Eq. 6 for the
+    generator, ``-log D(G(x))``; Eq. 2 for the discriminator), see :func:`gan_generator_loss`,
+    :func:`gan_discriminator_loss`.
 """
 
 from __future__ import annotations
@@ -124,6 +131,35 @@ def ragan_generator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return (real + fake) / 2
 
 
+def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """SRGAN Eq. 2 (Goodfellow et al. 2014): ``-E[log D(x_r)] - E[log(1 - D(x_f))]``,
+    ``D = sigmoid(C)``."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def gan_generator_loss(fake_logits: Tensor) -> Tensor:
+    """SRGAN Eq. 6: ``-E[log D(G(x))]`` (the non-saturating generator loss)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+ADVERSARIAL = {"ragan": ragan_discriminator_loss, "gan": gan_discriminator_loss}
+"""Adversarial variant -> the discriminator's loss ``(real_logits, fake_logits) -> Tensor``."""
+ADVERSARIAL_ALIASES = {"esrgan": "ragan", "srgan": "gan"}
+DEFAULT_ADVERSARIAL = "ragan"
+
+
+def adversarial_variant(variant: str | None) -> str:
+    """Canonical adversarial variant name (raises :class:`UsageError` for unknown ones)."""
+    name = (variant or DEFAULT_ADVERSARIAL).lower()
+    name = ADVERSARIAL_ALIASES.get(name, name)
+    if name not in ADVERSARIAL:
+        known = ", ".join([*ADVERSARIAL, *ADVERSARIAL_ALIASES])
+        raise UsageError(f"--loss: unknown adversarial variant {variant!r}; choose from {known}")
+    return name
+
+
 def perceptual_variant(variant: str | None) -> str:
     """Canonical perceptual variant name (raises :class:`UsageError` for unknown ones)."""
     name = (variant or DEFAULT_PERCEPTUAL).lower()
@@ -153,19 +189,26 @@ class Objective(nn.Module):
         self.terms = tuple(terms)
         self.luma = luma
         layers: dict[str, set[str]] = {}
+        self.adversarial: str | None = None
         for term in self.terms:
             if term.name == "perceptual":
                 kind, layer, _ = PERCEPTUAL[perceptual_variant(term.variant)]
                 layers.setdefault(kind, set()).add(layer)
+            elif term.name == "adversarial":
+                if self.adversarial is not None:
+                    raise UsageError("--loss: give one adversarial term")
+                self.adversarial = adversarial_variant(term.variant)
             elif term.variant is not None:
                 raise UsageError(f"--loss: {term.name!r} takes no variant (got {term.key!r})")
             if term.name == "texture":
                 layers.setdefault("vgg19", set()).update(TEXTURE_LAYERS)
         self.vggs = nn.ModuleDict({kind: load_vgg(kind, sorted(names), vgg_weights) for kind, names in layers.items()})
 
-    @property
-    def needs_upsampled_lr(self) -> bool:
-        return any(t.name == "highpass" for t in self.terms)
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """The discriminator's loss matching the ``adversarial`` term's variant."""
+        if self.adversarial is None:
+            raise ValueError("the objective has no adversarial term")
+        return ADVERSARIAL[self.adversarial](real_logits, fake_logits)
 
     def _features(self, x: Tensor, grad: bool) -> dict[str, dict[str, Tensor]]:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -207,8 +250,11 @@ class Objective(nn.Module):
             else:  # adversarial
                 if discriminator is None:
                     raise ValueError("the adversarial loss needs the discriminator")
-                with torch.no_grad():
-                    real = discriminator(hr).float()
-                value = ragan_generator_loss(real, discriminator(sr).float())
+                if self.adversarial == "gan":
+                    value = gan_generator_loss(discriminator(sr).float())
+                else:
+                    with torch.no_grad():
+                        real = discriminator(hr).float()
+                    value = ragan_generator_loss(real, discriminator(sr).float())
             out[term.key] = term.weight * value
         return out

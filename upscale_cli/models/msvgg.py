@@ -1,0 +1,110 @@
+"""MSVGG: a compact multi-scale plain-conv network with a bicubic skip (the project's default).
+
+A VGG-style stack of 3x3 convolutions at low resolution (the compact design of Real-ESRGAN's
+SRVGGNetCompact and of ESPCN, Shi et al., CVPR 2016), shared by x2, x3 and x4 as in MDSR
+(Lim et al., "Enhanced Deep Residual Networks for Single Image Super-Resolution", CVPRW 2017,
+Sec. 3.2: one body, one upsampling head per scale), predicting only the residual over the
+bicubic upscale (Kim et al., VDSR, CVPR 2016, Sec. 3.1, residual learning):
+
+    ``y = PS_s(up_s(body(head(x)))) + bicubic_s(x)``
+
+where ``PS_s`` is the pixel shuffle (ESPCN Eq. 4) and ``bicubic_s`` the MATLAB-compatible
+``imresize`` of :mod:`upscale_cli.resize`.  Starting from the bicubic image makes the net
+useful after a few hundred steps, which is what a CPU training budget allows.
+
+RGB in 0..1 in and out; ``forward(x, scale)``.  Keys: ``head``, ``body.{0,2,...}``,
+``up{2,3,4}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..resize import imresize
+from .layers import conv, he_init_, indices, receptive_radius, shape
+from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
+
+SCALES = (2, 3, 4)
+
+
+class MSVGG(nn.Module):
+    """``PS(up_s(ReLU(conv(...ReLU(head(x)))))) + bicubic(x)``, one body for every scale."""
+
+    def __init__(self, scale: int = 2, feats: int = 48, n_conv: int = 6) -> None:
+        super().__init__()
+        del scale  # one network for every scale
+        self.head = conv(3, feats)
+        layers: list[nn.Module] = [nn.ReLU(inplace=True)]
+        for _ in range(n_conv):
+            layers += [conv(feats, feats), nn.ReLU(inplace=True)]
+        # body.0 is the head's activation, so the convs sit at body.1, body.3, ...
+        self.body = nn.Sequential(*layers)
+        self.up2, self.up3, self.up4 = (conv(feats, 3 * s * s) for s in SCALES)
+        self.shuffles = nn.ModuleDict({str(s): nn.PixelShuffle(s) for s in SCALES})
+        # He init for the ReLU stack; zero residual branches, so training starts at bicubic
+        # (a plain net at PyTorch's default init spends its first steps undoing its own noise)
+        he_init_(self)
+        for branch in (self.up2, self.up3, self.up4):
+            nn.init.zeros_(branch.weight)
+
+    def forward(self, x: Tensor, scale: int) -> Tensor:
+        if scale not in SCALES:
+            raise ValueError(f"MSVGG has upsamplers for x{SCALES}, not x{scale}")
+        res = self.shuffles[str(scale)](getattr(self, f"up{scale}")(self.body(self.head(x))))
+        return res + imresize(x, scale=scale)
+
+
+def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
+    # head + body convs + the upsampling conv at LR, then the shuffle; the bicubic skip reads
+    # only 2 px around each parent, which is inside this
+    n = int(kwargs.get("n_conv", 6))
+    return max(
+        receptive_radius([("conv", n + 2), ("up", scale)], scale),
+        receptive_radius([("cubic", scale)], scale),
+    )
+
+
+def _convs(sd: StateDict) -> list[int]:
+    return indices(sd, "body.", "weight")
+
+
+def _matches(sd: StateDict) -> bool:
+    convs = _convs(sd)
+    expected = {f"{k}.{p}" for k in ("head", "up2", "up3", "up4") for p in ("weight", "bias")}
+    expected |= {f"body.{i}.{p}" for i in convs for p in ("weight", "bias")}
+    return set(sd) == expected and convs == list(range(1, 2 * len(convs) + 1, 2))
+
+
+def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
+    return {"feats": shape(sd, "head.weight")[0], "n_conv": len(_convs(sd))}, None
+
+
+ARCH = register_arch(
+    Arch(
+        name="msvgg",
+        build=MSVGG,
+        convention="rgb",
+        radius=_radius,
+        paper="this project: multi-scale compact VGG with a bicubic skip (after ESPCN, VDSR, MDSR)",
+        multiscale=True,
+        fp16=True,
+        bf16=False,  # fidelity (PSNR-trained) model: see layers.py
+        matches=_matches,
+        infer_kwargs=_infer,
+        default_kwargs={"feats": 48, "n_conv": 6},
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="msvgg",
+        arch="msvgg",
+        kwargs={"feats": 48, "n_conv": 6},
+        scales=SCALES,
+        description="Compact multi-scale plain-conv net with a bicubic skip (this project's own)",
+        trainable_only=True,
+    )
+)
