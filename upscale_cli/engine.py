@@ -1,0 +1,514 @@
+"""The inference engine: device and precision selection, tiled and batched forward passes,
+out-of-memory and NaN fallbacks.
+
+:class:`Upscaler` runs a :class:`~upscale_cli.models.LoadedModel` over images of any size:
+
+* the image is cut into equal, overlapping tiles that are blended back seamlessly (the geometry
+  and the blend are in :mod:`upscale_cli.tiling`), several tiles per forward pass;
+* ``tile="auto"`` picks the largest tile that fits the free memory, from the model's activation
+  bytes per input pixel measured once on a small probe;
+* a tile (or batch) that runs out of memory is redone as smaller tiles, in place: the image is
+  never started over;
+* reduced precision goes through :func:`torch.autocast` (the weights stay fp32, so reductions,
+  normalisations and the last layers keep fp32 accuracy where autocast's op lists say so); a
+  tile whose output holds NaN or Inf is redone in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import InputError, UsageError
+from .models.loaded import LoadedModel
+from .tiling import TilePlan, ceil_to, floor_to, make_plan
+
+Progress = Callable[[int, int], None]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+DEFAULT_OVERLAP_MIN = 4
+"""Default ``tile_overlap`` is the model's radius, clipped to ``[MIN, MAX]`` input pixels."""
+DEFAULT_OVERLAP_MAX = 8
+"""Radii of deep nets (EDSR-baseline: 36, CARN-M: 21) overstate their *effective* receptive
+field.  With 48 px tiles, CARN-M at x4 stays this close to its whole-image output on the worst
+Set5/Set14 image (PSNR): 4 px overlap 58.6 dB, 6 px 67.2 dB, 8 px 79.2 dB, 12 px 102.3 dB
+(``tests/test_engine.py`` checks the 50 dB target).  8 px cost < 10 % extra work on CPU-sized
+tiles, 16 px ~20 %.  Real-ESRGAN's script uses 10."""
+
+PROBE_SIZE = 32
+"""Side of the probe input on which activation memory per pixel is measured."""
+SAFETY = 1.5
+"""Multiplier on the probe's measured peak of live tensors (convolution workspaces, allocator
+slack).  On this CPU the resident-memory growth of a forward pass at 256 and 512 px is
+1.00-1.04x the measured figure for EDSR-baseline, CARN-M and RCAN, 1.17-1.38x for the small
+FSRCNN and SRVGG (fixed costs weigh more there)."""
+CPU_BUDGET_CAP = 1 << 30
+"""Most bytes of activations ``tile="auto"`` plans for on CPU.  A CPU gains no convolution speed
+from tiles beyond ~128-192 px (EDSR-baseline: 0.0124-0.0133 input MP per CPU-second from 128 to
+384 px tiles), only resident memory.  1 GiB gives EDSR-baseline 268 px tiles: a 1024x1024 x4
+run costs the same CPU time tiled as whole (within +-4 %), and a 3000x3000 x4 run peaks at
+2.83 GB resident, 1.73 GB of which is the output (``benchmarks/engine_throughput.py``)."""
+MIN_TILE = 16
+"""Smallest tile side the out-of-memory fallback goes down to."""
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory")
+
+
+# --- device and precision ---------------------------------------------------------------------
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Raises:
+        UsageError: the device is unknown or not available here (the message names it).
+    """
+    name = str(spec).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {spec!r} is not available: PyTorch sees no CUDA GPU")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device {spec!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) present")
+        return torch.device("cuda", index)
+    if device.type == "mps":
+        if not _mps_available():
+            raise UsageError(f"device {spec!r} is not available: PyTorch has no MPS backend here")
+        return device
+    raise UsageError(f"device {spec!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Does this CPU compute bf16 natively (AMX or AVX512_BF16, and oneDNN uses it)?
+
+    Without it PyTorch emulates bf16 and a network runs about 10x slower than in fp32.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    if not flags & {"amx_bf16", "avx512_bf16"}:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, model: LoadedModel) -> tuple[str, bool]:
+    """The precision (``fp32``/``fp16``/``bf16``) and whether to run channels-last.
+
+    ``auto``: CUDA -> fp16 if the model is fp16-safe, else bf16 if bf16-safe (and the GPU has
+    it), else fp32; CPU -> bf16 where the CPU runs it natively and the model is bf16-safe, else
+    fp32; MPS -> fp16 if fp16-safe, else fp32.
+
+    Channels-last (NHWC): always on the CPU, where oneDNN's convolutions are faster in it in
+    fp32 too (measured on every family of the zoo at x4, AVX2 EPYC, 1 thread: 0.49-0.99x the
+    time of NCHW, median 0.89x); on CUDA in fp16/bf16 (the layout tensor cores read); not on MPS.
+
+    Raises:
+        UsageError: unknown precision, or one the model is not safe in.
+    """
+    name = precision.strip().lower()
+    if name == "auto":
+        if device.type == "cuda":
+            if model.supports_fp16:
+                name = "fp16"
+            elif model.supports_bf16 and torch.cuda.is_bf16_supported():
+                name = "bf16"
+            else:
+                name = "fp32"
+        elif device.type == "mps":
+            name = "fp16" if model.supports_fp16 else "fp32"
+        else:
+            name = "bf16" if model.supports_bf16 and cpu_has_native_bf16() else "fp32"
+    elif name not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    elif name == "fp16" and not model.supports_fp16:
+        raise UsageError(f"model {model.name!r} is not numerically safe in fp16; use --precision fp32 or bf16")
+    elif name == "bf16" and not model.supports_bf16:
+        raise UsageError(f"model {model.name!r} is not numerically safe in bf16; use --precision fp32 or fp16")
+    return name, device.type == "cpu" or (device.type == "cuda" and name != "fp32")
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Is ``exc`` an allocation failure (CUDA, MPS or CPU)?"""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)
+
+
+def available_ram(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """Bytes of RAM available to a new allocation (``MemAvailable``; sysconf as a fallback)."""
+    try:
+        match = re.search(r"^MemAvailable:\s+(\d+)\s+kB", meminfo.read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+def free_memory(device: torch.device, reserved_elsewhere: int = 0) -> int:
+    """Bytes the next activations may use on ``device``.
+
+    CUDA: 90 % of the free device memory plus what PyTorch's caching allocator holds unused
+    (the rest is left to fragmentation and cuDNN workspaces).  MPS: the recommended working set
+    less what the driver holds.  CPU: half the available RAM less ``reserved_elsewhere`` (the
+    output buffer), capped by :data:`CPU_BUDGET_CAP`.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(0.9 * (free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)))
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    return min(CPU_BUDGET_CAP, max(0, available_ram() - reserved_elsewhere) // 2)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Peak bytes of live tensors while a forward pass runs under this mode.
+
+    Every ATen operator's outputs are counted once per storage until Python frees them (the
+    dispatch-mode mechanism of :class:`torch.utils.flop_counter.FlopCounterMode`), so the
+    intermediates of functional code - a residual sum, the runtime's colour conversion and
+    chroma bicubic around a Y-channel net - count as well as module outputs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.see(out)
+        return out
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def see(self, value: object) -> None:
+        """Count the tensors in ``value`` whose storage is not counted yet."""
+        for t in _tensors(value):
+            if t.layout != torch.strided:  # sparse: its parts are strided outputs of other ops
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self._sizes:
+                continue
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            weakref.finalize(t, self._free, key)
+        self.peak = max(self.peak, self.live)
+
+
+def _tensors(value: object) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+_COST_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, bool], float]] = weakref.WeakKeyDictionary()
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def _parse_tile(tile: int | str) -> int | str:
+    if isinstance(tile, str):
+        text = tile.strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit():
+            raise UsageError(f"--tile {tile!r}: expected a number of pixels, 0 (whole image) or auto")
+        tile = int(text)
+    if tile < 0:
+        raise UsageError(f"--tile {tile}: must be >= 0 (0 = whole image)")
+    return tile
+
+
+def default_overlap(radius: int) -> int:
+    """The model's receptive-field radius clipped to ``[DEFAULT_OVERLAP_MIN, DEFAULT_OVERLAP_MAX]``."""
+    return min(max(radius, DEFAULT_OVERLAP_MIN), DEFAULT_OVERLAP_MAX)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad (N, C, H, W) at the bottom/right to multiples of ``multiple`` exactly as
+    :meth:`LoadedModel.__call__` does (reflect, or replicate when too small to reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if h > ph and w > pw else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class Upscaler:
+    """Runs a :class:`LoadedModel` over whole images, tiled, batched and in the chosen precision.
+
+    Args:
+        model: the network; moved to ``device`` (and channels-last when that pays) once, here.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`).
+        tile: largest tile side in input pixels, context included; ``0`` for the whole image,
+            ``"auto"`` for the largest that fits free memory.
+        tile_overlap: context pixels per interior tile side; default :func:`default_overlap`.
+            At least ``model.radius`` makes tiled output equal whole-image output.
+        batch_size: tiles per forward pass.
+
+    Attributes:
+        device, precision, channels_last: what was resolved.
+        radius: receptive-field radius used for the blend (the model's; at least 2 for
+            Y-channel models, whose chroma goes through the bicubic).
+        overlap: the overlap in use.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | str = "auto",
+        tile_overlap: int | None = None,
+        batch_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.precision, self.channels_last = resolve_precision(precision, self.device, model)
+        self.tile = _parse_tile(tile)
+        self.radius = max(model.radius, 2) if model.convention == "y" else model.radius
+        if tile_overlap is not None and tile_overlap < 0:
+            raise UsageError(f"--tile-overlap {tile_overlap}: must be >= 0")
+        self.overlap = default_overlap(self.radius) if tile_overlap is None else tile_overlap
+        if batch_size < 1:
+            raise UsageError(f"--batch-size {batch_size}: must be >= 1")
+        self.batch_size = batch_size
+        m = model.size_multiple
+        explicit = isinstance(self.tile, int) and self.tile > 0 and tile_overlap is not None
+        if explicit and floor_to(floor_to(self.tile, m) - 2 * self.overlap, m) < m:
+            raise UsageError(f"--tile {self.tile} must exceed twice --tile-overlap {self.overlap} (plus {m})")
+        model.module.eval()
+        model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def bytes_per_pixel(self) -> float:
+        """Activation bytes per input pixel of one tile (measured once per model and setting).
+
+        The peak of live tensors during a forward pass (runtime conversions included) on a
+        :data:`PROBE_SIZE` square probe, divided by its pixels and times :data:`SAFETY`.
+        """
+        key = (str(self.device), self.precision, self.channels_last)
+        cache = _COST_CACHE.setdefault(self.model.module, {})
+        if key not in cache:
+            side = ceil_to(PROBE_SIZE, self.model.size_multiple)
+            probe = torch.rand(1, 3, side, side, device=self.device)
+            meter = _LiveBytes()
+            meter.see(probe)
+            with torch.inference_mode(), meter:
+                self._forward(probe)
+            cache[key] = SAFETY * meter.peak / (side * side)
+        return cache[key]
+
+    def _auto_tile(self, height: int, width: int, images: int) -> tuple[int, int]:
+        """The largest tile whose activations fit free memory (0: the whole image fits), and how
+        many such tiles (at most ``batch_size``) fit in one batch."""
+        s, m = self.model.scale, self.model.size_multiple
+        budget = free_memory(self.device, reserved_elsewhere=4 * 3 * images * s * s * height * width)
+        area = budget / self.bytes_per_pixel()
+        ph, pw = ceil_to(height, m), ceil_to(width, m)
+        if ph * pw <= area:
+            tile = 0
+        else:
+            tile = max(floor_to(int(math.sqrt(area)), m), 2 * self.overlap + ceil_to(MIN_TILE, m))
+        used = ph * pw if tile == 0 else min(tile, ph) * min(tile, pw)
+        return tile, max(1, min(self.batch_size, int(area // used)))
+
+    def plan(self, height: int, width: int, images: int = 1) -> TilePlan:
+        """How ``images`` images of ``height`` x ``width`` would be cut.
+
+        With ``tile="auto"`` the tile is the largest that fits free memory (:meth:`_auto_tile`)
+        and the batch holds as many of them as fit, up to ``batch_size``.
+        """
+        if self.tile == "auto":
+            tile, batch = self._auto_tile(height, width, images)
+        else:
+            tile, batch = self.tile, self.batch_size
+        return make_plan(
+            height,
+            width,
+            scale=self.model.scale,
+            tile=tile,
+            overlap=self.overlap,
+            radius=self.radius,
+            multiple=self.model.size_multiple,
+            batch_size=batch,
+        )
+
+    # -- running --------------------------------------------------------------------------------
+
+    def upscale(self, x: Tensor, progress: Progress | None = None) -> Tensor:
+        """Upscale ``(3, H, W)`` or ``(N, 3, H, W)`` RGB 0..1 to ``scale`` times the size.
+
+        Returns float32 on the CPU, not clamped.  ``progress(tiles_done, tiles_total)`` is
+        called before the first and after every forward pass.
+        """
+        single = x.dim() == 3
+        batch = x[None] if single else x
+        if batch.dim() != 4 or batch.shape[1] != 3:
+            raise UsageError(f"expected an RGB image (3, H, W) or batch (N, 3, H, W), got shape {tuple(x.shape)}")
+        batch = batch.detach().to("cpu", torch.float32)
+        n, _, h, w = batch.shape
+        if not (n and h and w):
+            raise InputError(f"empty image: shape {tuple(x.shape)}")
+        s = self.model.scale
+        plan = self.plan(h, w, images=n)
+        out = torch.zeros(n, 3, s * h, s * w)
+        total = n * plan.count
+        done = 0
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress is not None:
+                progress(done, total)
+
+        advance(0)
+        with torch.inference_mode():
+            self._run(pad_to_multiple(batch, self.model.size_multiple), plan, out, advance)
+        return out[0] if single else out
+
+    def _run(self, src: Tensor, plan: TilePlan, out: Tensor, advance: Callable[[int], None] | None = None) -> None:
+        """Blend the tiles of ``plan`` over every image of ``src`` (padded) into ``out``."""
+        s = plan.scale
+        th, tw = plan.tile_height, plan.tile_width
+        wy, wx = plan.weights()
+        wy = [w.to(self.device) for w in wy]
+        wx = [w.to(self.device) for w in wx]
+        jobs = [(i, r, c) for i in range(src.shape[0]) for r in range(plan.rows) for c in range(plan.cols)]
+        oh, ow = out.shape[-2:]
+        for k in range(0, len(jobs), plan.batch_size):
+            chunk = jobs[k : k + plan.batch_size]
+            windows = [(i, plan.ys[r], plan.xs[c]) for i, r, c in chunk]
+            ys = self._tiles(src, windows, th, tw, plan.overlap)
+            for (i, r, c), y in zip(chunk, ys):
+                oy, ox = s * plan.ys[r], s * plan.xs[c]
+                hh, ww = min(s * th, oh - oy), min(s * tw, ow - ox)
+                piece = y[:, :hh, :ww].mul_(wy[r][:hh, None]).mul_(wx[c][None, :ww])  # y is ours: in place
+                out[i, :, oy : oy + hh, ox : ox + ww] += piece.to("cpu", torch.float32)
+            if advance is not None:
+                advance(len(chunk))
+
+    def _tiles(self, src: Tensor, windows: list[tuple[int, int, int]], th: int, tw: int, overlap: int) -> list[Tensor]:
+        """Outputs ``(3, s*th, s*tw)`` of the tiles at ``windows`` ``(image, y, x)``, on the device.
+
+        Out of memory: a batch is split in halves; a single tile is redone as smaller tiles
+        (:meth:`_subtile`).
+        """
+        inp = torch.stack([src[i, :, y : y + th, x : x + tw] for i, y, x in windows])
+        try:
+            return list(self._forward(inp.to(self.device)).unbind(0))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        del inp
+        self._release()
+        if len(windows) > 1:
+            half = len(windows) // 2
+            return self._tiles(src, windows[:half], th, tw, overlap) + self._tiles(src, windows[half:], th, tw, overlap)
+        i, y, x = windows[0]
+        return [self._subtile(src[i], y, x, th, tw, overlap)]
+
+    def _subtile(self, img: Tensor, y: int, x: int, th: int, tw: int, overlap: int) -> Tensor:
+        """The output of one tile computed as tiles of half its size.
+
+        The sub-tiles read their context from the image around the tile (``overlap`` rounded up
+        to the size multiple on every side that is not an image edge), so the result is the same
+        as the tile's own wherever the blend gives the tile weight.
+        """
+        m = self.model.size_multiple
+        tile = floor_to(max(th, tw) // 2, m)
+        if tile < ceil_to(MIN_TILE, m):
+            raise InputError(f"out of memory on {self.device} even for {max(th, tw)} px tiles")
+        pad = ceil_to(overlap, m)
+        y0, x0 = max(0, y - pad), max(0, x - pad)
+        y1, x1 = min(img.shape[-2], y + th + pad), min(img.shape[-1], x + tw + pad)
+        sub = make_plan(
+            y1 - y0,
+            x1 - x0,
+            scale=self.model.scale,
+            tile=tile,
+            overlap=overlap,
+            radius=self.radius,
+            multiple=m,
+            batch_size=1,
+        )
+        s = self.model.scale
+        buf = torch.zeros(1, 3, s * (y1 - y0), s * (x1 - x0))
+        self._run(img[None, :, y0:y1, x0:x1], sub, buf)
+        oy, ox = s * (y - y0), s * (x - x0)
+        return buf[0, :, oy : oy + s * th, ox : ox + s * tw].to(self.device)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        """The model on a batch in the chosen precision; non-finite tiles redone in fp32."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            return self.model(x).float()
+        with torch.autocast(self.device.type, dtype=_DTYPES[self.precision]):
+            y = self.model(x).float()
+        bad = ~torch.isfinite(y).flatten(1).all(1)
+        if bad.any():
+            y[bad] = self.model(x[bad]).float()
+        return y
+
+    def _release(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
