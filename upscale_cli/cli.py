@@ -7,6 +7,7 @@ other word is an input of the main command (write ``./bench`` for a file called 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -37,6 +38,9 @@ def _group_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     """Dispatch on the first word: a subcommand name, or inputs of the main command."""
+    # Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads made
+    # runs 3-4x slower in wall time (benchmarks/); the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         args = ["--help"]  # a bare `upscale` shows the help (inputs, options, subcommands)

@@ -21,6 +21,18 @@ from ..color import rgb_to_ycbcr, ycbcr_to_rgb
 from .registry import Arch
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad ``(N, C, H, W)`` at the bottom/right to multiples of ``multiple`` (reflect, or
+    replicate when the image is too small to reflect).  The engine pads whole images with the
+    same rule, so tiled and whole-image runs see the same borders."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if h > ph and w > pw else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
 def in_convention(forward: Callable[[Tensor], list[Tensor]], x: Tensor, convention: str) -> list[Tensor]:
     """Run ``forward`` (outputs in a family's :data:`~.registry.Convention`) on RGB 0..1 ``x``
     and return every output as RGB 0..1.
@@ -112,12 +124,5 @@ class LoadedModel:
     def __call__(self, x: Tensor) -> Tensor:
         """Upscale a batch: RGB 0..1 ``(N, 3, H, W)`` -> RGB 0..1 ``(N, 3, sH, sW)``."""
         h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if h > ph and w > pw else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        y = in_convention(lambda t: [self._net(t)], x, self.convention)[0]
-        if ph or pw:
-            y = y[..., : h * self.scale, : w * self.scale]
-        return y
+        y = in_convention(lambda t: [self._net(t)], pad_to_multiple(x, self.size_multiple), self.convention)[0]
+        return y[..., : h * self.scale, : w * self.scale]

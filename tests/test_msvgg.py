@@ -1,0 +1,68 @@
+"""MSVGG, the project's own compact multi-scale family (issue 6): bicubic skip, keys, detection,
+receptive field, and loading of an exported file through the same path as inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upscale_cli.models import get_arch, list_archs
+from upscale_cli.resize import imresize
+
+SMALL = {"feats": 8, "n_conv": 2}
+
+
+def _net(seed: int = 0, **kwargs: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return get_arch("msvgg").build(scale=2, **{**SMALL, **kwargs}).double().eval()
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_zero_residual_is_exactly_matlab_bicubic(scale: int) -> None:
+    net = _net()
+    for branch in (net.up2, net.up3, net.up4):
+        torch.nn.init.zeros_(branch.weight)
+        torch.nn.init.zeros_(branch.bias)
+    x = torch.rand(2, 3, 9, 11, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(net(x, scale), imresize(x, scale=scale))
+
+
+def test_each_scale_uses_its_own_branch_and_refuses_others() -> None:
+    net = _net()
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        before = net(x, 3).clone()
+        net.up2.bias.add_(1.0)
+        assert torch.equal(net(x, 3), before)
+        assert net(x, 2).shape == (1, 3, 12, 12)
+        with pytest.raises(ValueError, match="x5"):
+            net(x, 5)
+
+
+def test_keys_are_detected_by_this_family_only_and_kwargs_read_back() -> None:
+    sd = get_arch("msvgg").build(scale=4, feats=16, n_conv=3).state_dict()
+    assert [a.name for a in list_archs() if a.matches is not None and a.matches(sd)] == ["msvgg"]
+    kwargs, scale = get_arch("msvgg").infer_kwargs(sd)
+    assert (kwargs, scale) == ({"feats": 16, "n_conv": 3}, None)
+    get_arch("msvgg").build(scale=2, **kwargs).load_state_dict(sd, strict=True)
+    del sd["up3.bias"]
+    assert not get_arch("msvgg").matches(sd)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_declared_radius_is_the_true_receptive_field(scale: int) -> None:
+    net = _net(seed=1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.5)
+    radius = get_arch("msvgg").radius(SMALL, scale)
+    n = 2 * radius + 8
+    x = torch.rand(1, 3, n, n, dtype=torch.float64)
+    x2 = x.clone()
+    x2[..., n // 2, n // 2] += 1.0
+    with torch.no_grad():
+        d = (net(x2, scale) - net(x, scale)).abs().sum(1)[0]
+    ys, xs = torch.nonzero(d > 0, as_tuple=True)
+    reach = int(max((ys // scale - n // 2).abs().max(), (xs // scale - n // 2).abs().max()))
+    assert reach == radius == SMALL["n_conv"] + 2
