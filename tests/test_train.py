@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from conftest import REPO, TRAIN, need_shared
 from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
+from train_helpers import cli_app, cli_flags
 from typer.testing import CliRunner
 
 from upscale_cli.errors import WeightsError
@@ -100,40 +100,6 @@ def _same_losses(a: list[dict], b: list[dict]) -> None:
         assert terms == {k: v for k, v in y.items() if k not in ("data_wait", "seconds")}
 
 
-def _cli_app() -> typer.Typer:
-    from upscale_cli.commands.train import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _group() -> None:
-        """Test group."""
-
-    return app
-
-
-def _cli_flags(out: Path, data: list[str], **options) -> list[str]:
-    flags = {
-        "--model": "espcn",
-        "--scale": "2",
-        "--patch-size": "16",
-        "--batch-size": "4",
-        "--steps": "4",
-        "--seed": "0",
-        "--val-every": "0",
-        "--ema": "0",
-        "--workers": "0",
-        "--precision": "fp32",
-        "--out": str(out),
-        **options,
-    }
-    args = [word for pair in flags.items() for word in pair]
-    for d in data:
-        args += ["--data", d]
-    return args
-
-
 # --- config ---------------------------------------------------------------------------------
 
 
@@ -151,7 +117,7 @@ def test_toml_config_is_read_and_flags_given_override_it(tmp_path: Path, monkeyp
         return TrainResult(Path("x"), 0, 0, "fp32", None, None, 0.0, 0.0)
 
     monkeypatch.setattr("upscale_cli.train.loop.train", fake_train)
-    result = CliRunner().invoke(_cli_app(), ["train", "--config", str(cfg_file), "--lr", "0.5", "--batch-size", "8"])
+    result = CliRunner().invoke(cli_app(), ["train", "--config", str(cfg_file), "--lr", "0.5", "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert (cfg.model, cfg.scale, cfg.data) == ("carn-m", (2, 3), ("a", "b"))
@@ -175,7 +141,7 @@ def test_toml_config_is_read_and_flags_given_override_it(tmp_path: Path, monkeyp
 def test_bad_options_are_one_line_usage_errors(tmp_path: Path, toml: str, flags: list[str], message: str) -> None:
     cfg_file = tmp_path / "bad.toml"
     cfg_file.write_text(toml, encoding="utf-8")
-    result = CliRunner().invoke(_cli_app(), ["train", "--config", str(cfg_file), "--out", str(tmp_path / "o"), *flags])
+    result = CliRunner().invoke(cli_app(), ["train", "--config", str(cfg_file), "--out", str(tmp_path / "o"), *flags])
     assert result.exit_code == 2, result.output
     assert message in result.output
 
@@ -307,7 +273,7 @@ def test_vgg_weights_absent_is_one_clear_error(tmp_path: Path, monkeypatch: pyte
         vgg.load_vgg("vgg19", ["relu5_4"])
     msg = str(err.value)
     assert "\n" not in msg and "vgg19-dcbb9e9d.pth" in msg and "--vgg-weights" in msg
-    result = CliRunner().invoke(_cli_app(), ["train", *_cli_flags(tmp_path / "o", edge_files, **{"--loss": "l1=1,perceptual=0.1"})])
+    result = CliRunner().invoke(cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--loss": "l1=1,perceptual=0.1"})])
     assert result.exit_code == 3 and "vgg19-dcbb9e9d.pth" in result.output
 
 
@@ -394,7 +360,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_losses(tmp_path: Path,
     killed = tmp_path / "killed"
     log = (tmp_path / "stderr.txt").open("w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "upscale_cli", "train", *_cli_flags(killed, edge_files, **options)]
+    cmd = [sys.executable, "-m", "upscale_cli", "train", *cli_flags(killed, edge_files, **options)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
     checkpoint = killed / "checkpoint.pt"
     deadline = time.monotonic() + 120
@@ -445,19 +411,19 @@ def test_gan_run_resumes_exactly_after_a_crash(tmp_path: Path, edge_files: list[
 
 
 def test_existing_runs_are_not_overwritten_and_resume_needs_a_checkpoint(tmp_path: Path, edge_files: list[str]) -> None:
-    app, out = _cli_app(), tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", *_cli_flags(out, edge_files), "--resume"])
+    app, out = cli_app(), tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", *cli_flags(out, edge_files), "--resume"])
     assert result.exit_code == 2 and "no checkpoint to resume" in result.output
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"x")
-    result = CliRunner().invoke(app, ["train", *_cli_flags(out, edge_files)])
+    result = CliRunner().invoke(app, ["train", *cli_flags(out, edge_files)])
     assert result.exit_code == 2 and "--resume" in result.output
 
 
 def test_tensorboard_is_optional(tmp_path: Path, edge_files: list[str]) -> None:
     import importlib.util
 
-    result = CliRunner().invoke(_cli_app(), ["train", *_cli_flags(tmp_path / "o", edge_files, **{"--steps": "1"}), "--tensorboard"])
+    result = CliRunner().invoke(cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--steps": "1"}), "--tensorboard"])
     if importlib.util.find_spec("tensorboard") is None:
         assert result.exit_code == 2 and "pip install tensorboard" in result.output
     else:
@@ -475,7 +441,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path, edge_fi
         "-m",
         "upscale_cli",
         "train",
-        *_cli_flags(ddp_out, edge_files, **{"--steps": "3", "--ema": "0.9"}),
+        *cli_flags(ddp_out, edge_files, **{"--steps": "3", "--ema": "0.9"}),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from conftest import REPO
 from PIL import Image
 from rich.console import Console
 from torch import Tensor
+from train_helpers import cli_app, cli_flags
 from typer.testing import CliRunner
 
 from upscale_cli.color import rgb_to_y
@@ -88,35 +88,12 @@ def _train(out: Path, data: list[str], **options: Any) -> TrainResult:
 
 
 def _cli(args: list[str]) -> Any:
-    from upscale_cli.commands.train import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _group() -> None:
-        """Test group."""
-
-    return CliRunner().invoke(app, ["train", *args])
+    return CliRunner().invoke(cli_app(), ["train", *args])
 
 
 def _cli_args(out: Path, data: list[str], **options: str) -> list[str]:
-    flags = {
-        "--patch-size": "8",
-        "--batch-size": "2",
-        "--steps": "2",
-        "--seed": "0",
-        "--val-every": "0",
-        "--ema": "0",
-        "--workers": "0",
-        "--precision": "fp32",
-        "--out": str(out),
-        **options,
-    }
-    args = [word for pair in flags.items() for word in pair]
-    for d in data:
-        args += ["--data", d]
-    return args
+    """The shared tiny-run flags with smaller patches, batches and fewer steps."""
+    return cli_flags(out, data, **{"--patch-size": "8", "--batch-size": "2", "--steps": "2", **options})
 
 
 # --- the deep-supervision hook --------------------------------------------------------------
