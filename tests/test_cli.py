@@ -257,3 +257,20 @@ def test_subcommand_dispatch_and_python_m(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     names = {m["name"] for m in json.loads(res.stdout)}
     assert {"bicubic", "edsr", "carn-m"} <= names
+
+
+def test_unavailable_weights_exit_3_with_one_line(tmp_path: Path, capfd) -> None:
+    """Offline (conftest sets HF_HUB_OFFLINE) with nothing cached: exit 3, one line naming the file."""
+    src = make_png(tmp_path / "a.png")
+    code, _, err = run([src, "--model", "carn-m", "--scale", "2"], capfd)
+    assert code == 3
+    lines = errors(err)
+    assert len(lines) == 1 and "carn_m.pth" in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_jpeg_output_of_alpha_image_flattens_with_a_warning(tmp_path: Path, capfd) -> None:
+    src = make_png(tmp_path / "a.png", (8, 8), "RGBA")
+    code, _, err = run([src, "--scale", "2", "--format", "jpg"], capfd)
+    assert code == 0 and "warning:" in err and "white" in err
+    assert Image.open(tmp_path / "a_x2.jpg").mode == "RGB"
