@@ -41,7 +41,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from upscale_cli import engine
+from upscale_cli import devices
 from upscale_cli.engine import Upscaler
 from upscale_cli.metrics import evaluate
 from upscale_cli.models import LoadedModel, create_model, get_arch, get_spec
@@ -101,7 +101,7 @@ def throughput(size: int) -> list[str]:
     base = None
     for label, up in configs:
         plan = up.plan(size, size)
-        if label == "whole image" and engine.available_ram() < 12e9:
+        if label == "whole image" and devices.available_ram() < 12e9:
             rows.append(f"| {label} | - | - | skipped: < 12 GB RAM available | | | | |")
             continue
         wall, cpu = timed(lambda up=up: up.upscale(x))
@@ -132,7 +132,7 @@ def precision() -> list[str]:
     model = named_model("carn-m", 4, weights)
     pairs = set5_x4()
     rows = [
-        f"### 2. Precision on this CPU (native bf16: {engine.cpu_has_native_bf16()}), CARN-M x4 on Set5, whole images",
+        f"### 2. Precision on this CPU (native bf16: {devices.cpu_has_native_bf16()}), CARN-M x4 on Set5, whole images",
         "",
         "| --precision | resolved | wall s | CPU s | speed vs fp32 | Set5 PSNR (Y) | delta vs fp32 |",
         "|---|---|---|---|---|---|---|",

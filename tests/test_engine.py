@@ -18,14 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import Tensor, nn
 
-from upscale_cli import engine
-from upscale_cli.engine import (
-    Upscaler,
-    default_overlap,
-    is_out_of_memory,
-    resolve_device,
-    resolve_precision,
-)
+from upscale_cli import devices, engine
+from upscale_cli.devices import is_out_of_memory, resolve_device, resolve_precision
+from upscale_cli.engine import Upscaler, default_overlap
 from upscale_cli.errors import InputError, UsageError
 from upscale_cli.models import Arch, LoadedModel
 from upscale_cli.tiling import axis_weights, make_plan
@@ -447,7 +442,7 @@ def test_auto_precision(
     cuda_bf16: bool,
     expected: tuple[str, bool],
 ) -> None:
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     assert resolve_precision("auto", torch.device(device), _model_with(fp16, bf16)) == expected
 
@@ -468,24 +463,24 @@ def test_this_cpu_and_fake_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     if not {"amx_bf16", "avx512_bf16"} & set(flags):
-        assert not engine.cpu_has_native_bf16()
+        assert not devices.cpu_has_native_bf16()
         assert Upscaler(tiny("rgb", 2), device="cpu").precision == "fp32"
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert engine.cpu_has_native_bf16(info)
+    assert devices.cpu_has_native_bf16(info)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert not engine.cpu_has_native_bf16(info)
+    assert not devices.cpu_has_native_bf16(info)
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
-    assert not engine.cpu_has_native_bf16(info)
-    assert not engine.cpu_has_native_bf16(tmp_path / "missing")
+    assert not devices.cpu_has_native_bf16(info)
+    assert not devices.cpu_has_native_bf16(tmp_path / "missing")
 
 
 def test_available_ram_reads_meminfo(tmp_path: Path) -> None:
     info = tmp_path / "meminfo"
     info.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n")
-    assert engine.available_ram(info) == 2000000 * 1024
-    assert engine.available_ram(tmp_path / "missing") > 0
+    assert devices.available_ram(info) == 2000000 * 1024
+    assert devices.available_ram(tmp_path / "missing") > 0
 
 
 # --- devices and options ---------------------------------------------------------------------
@@ -493,7 +488,7 @@ def test_available_ram_reads_meminfo(tmp_path: Path) -> None:
 
 def test_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(engine, "_mps_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
     assert resolve_device("auto") == CPU and resolve_device("CPU") == CPU
     for name in ("cuda", "cuda:1", "mps"):
         with pytest.raises(UsageError, match=name):

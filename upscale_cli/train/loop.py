@@ -64,7 +64,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from ..engine import resolve_device
+from ..devices import resolve_device
 from ..errors import UpscaleError, UsageError
 from ..loader import load_model
 from ..models import Arch, LoadedModel, create_model, get_arch, get_spec

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import cpu_has_native_bf16
+from ..devices import DTYPES, cpu_has_native_bf16
 from ..errors import UsageError
 from ..models import Arch
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class Precision:
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype, ``None`` for fp32."""
-        return _DTYPES.get(self.name)
+        return DTYPES.get(self.name)
 
     @property
     def needs_scaler(self) -> bool:
