@@ -433,6 +433,28 @@ def test_offline_uses_a_good_cached_file(payload: bytes, manifest) -> None:
     assert resolve_weights("fsrcnn", 2).read_bytes() == payload
 
 
+def test_package_source_is_used_in_place_and_verified(
+    server: Loopback, payload: bytes, manifest, online: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In-house weights shipped in the package: verified and used where they lie, no copy;
+    a damaged shipped file is reported and the next source used."""
+    from upscale_cli import download
+
+    package = tmp_path / "pkg"
+    (package / "weights").mkdir(parents=True)
+    monkeypatch.setattr(download, "__file__", str(package / "download.py"))
+    shipped = package / "weights" / "conv.pth"
+    shipped.write_bytes(payload)
+    server.files["/w/conv.pth"] = payload
+    manifest(entry_for(payload, [{"package": "weights/conv.pth"}, {"url": server.base + "/w/conv.pth"}]))
+    assert resolve_weights("fsrcnn", 2, progress=False) == shipped.resolve()
+    assert not (cache_dir() / "conv.pth").exists() and server.gets("/w/conv.pth") == []
+    shipped.write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
+    assert resolve_weights("fsrcnn", 2, progress=False).read_bytes() == payload
+    assert "fails its check" in capsys.readouterr().err and len(server.gets("/w/conv.pth")) == 1
+
+
 def test_corrupt_cache_is_removed_and_fetched_again(
     server: Loopback, payload: bytes, manifest, online: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

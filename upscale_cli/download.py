@@ -299,9 +299,16 @@ def _why(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def package_file(source: Mapping[str, Any]) -> Path:
+    """The path of a ``{"package": "weights/NAME"}`` source: a file shipped in the package."""
+    return Path(__file__).resolve().parent / source["package"]
+
+
 def _describe(source: Mapping[str, Any]) -> str:
     if "url" in source:
         return source["url"]
+    if "package" in source:
+        return f"the installed package ({source['package']})"
     hf = source["hf"]
     return f"hf://{hf['repo_id']}/{hf['filename']}@{hf['revision']}"
 
@@ -318,6 +325,8 @@ def is_cached(entry: Mapping[str, Any]) -> bool:
     if path.is_file() and (size is None or path.stat().st_size == size):
         return True
     for source in entry["sources"]:
+        if "package" in source and package_file(source).is_file():
+            return True
         if "hf" in source:
             from huggingface_hub import try_to_load_from_cache
 
@@ -334,6 +343,14 @@ def resolve_entry(entry: Mapping[str, Any], what: str, progress: bool = True) ->
     ``what`` names the model in messages.  A cached file that fails the check is removed and
     fetched again; a source that serves wrong bytes is reported and the next one tried.
     """
+    expected = Expected.of(entry)
+    for source in entry["sources"]:  # shipped in the package: used in place, never copied
+        if "package" in source:
+            path = package_file(source)
+            problem = expected.problem(path) if path.is_file() else "missing from this installation"
+            if problem is None:
+                return path
+            warn(f"{what}: {path} fails its check ({problem}); trying the other sources")
     dest = cached_path(entry)
     with _locked(dest):  # another process fetching the same file: wait, then use its result
         return _resolve_entry(entry, dest, what, progress)
@@ -368,6 +385,8 @@ def _resolve_entry(entry: Mapping[str, Any], dest: Path, what: str, progress: bo
     offline = is_offline()
     failures: list[str] = []
     for source in entry["sources"]:
+        if "package" in source:
+            continue  # checked first, in resolve_entry
         where = _describe(source)
         try:
             if "hf" in source:
