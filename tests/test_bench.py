@@ -302,3 +302,18 @@ def test_parse_scales_and_pair_weights() -> None:
     assert bench_cmd.pair_weights(["a", "b"], ["w1"]) == [("a", "w1"), ("b", None)]
     assert bench_cmd.pair_weights(["a", "b"], ["b=wb", "w1"]) == [("a", "w1"), ("b", "wb")]
     assert bench_cmd.pair_weights([], ["x.pth"]) == [(None, "x.pth")]
+
+
+def test_shipped_default_model_reproduces_its_manifest_table() -> None:
+    """The in-house default weights (in the package) give the figures their manifest entry
+    states, on Set5 and Set14 at x2/x3/x4 - and beat bicubic by far at every one."""
+    from upscale_cli.weights import manifest_entries
+
+    entries = manifest_entries("default")
+    rows = bench_json("--set", str(need_shared(SET5)), "--set", str(need_shared(SET14)), "--model", "default",
+                      "--scale", "2,3,4")  # fmt: skip
+    reference = {(name, s): (e["measured"][name]["psnr"], e["measured"][name]["ssim"])
+                 for s, e in entries.items() for name in ("Set5", "Set14")}  # fmt: skip
+    assert off_reference(rows, "default", reference, 0.01, 0.0001) == []
+    for (name, s), (psnr, _) in reference.items():
+        assert psnr > by_key(rows, "bicubic")[(name, s)]["psnr"] + 1.5

@@ -50,7 +50,7 @@ def test_output_file_for_single_input_and_custom_suffix(tmp_path: Path, capfd) -
     code, _, _ = run([src, "--scale", "3", "-o", tmp_path / "big.png", "-q"], capfd)
     assert code == 0 and Image.open(tmp_path / "big.png").size == (72, 48)
     code, _, _ = run([src, "--scale", "2", "--suffix", "-{model}-{scale}x", "-q"], capfd)
-    assert code == 0 and (tmp_path / "a-bicubic-2x.png").exists()
+    assert code == 0 and (tmp_path / "a-default-2x.png").exists()
 
 
 def test_folder_recursive_mirrors_tree_and_skips_non_images(tmp_path: Path, capfd) -> None:
@@ -95,7 +95,7 @@ def test_json_lines_have_the_documented_fields(tmp_path: Path, capfd) -> None:
         assert rec["status"] == "done" and rec["error"] is None
         assert (rec["out_width"], rec["out_height"]) == (rec["width"] * 4, rec["height"] * 4)
         assert Path(rec["output"]).exists()
-        assert rec["model"] == "bicubic" and rec["device"] == "cpu" and rec["precision"] in {"fp32", "bf16"}
+        assert rec["model"] == "default" and rec["device"] == "cpu" and rec["precision"] in {"fp32", "bf16"}
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,8 @@ def test_subcommand_dispatch_and_python_m(tmp_path: Path) -> None:
                          env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     names = {m["name"] for m in json.loads(res.stdout)}
-    assert {"bicubic", "edsr", "carn-m"} <= names
+    assert {"default", "bicubic", "edsr", "carn-m"} <= names
+    assert json.loads(res.stdout)[0]["name"] == "default"  # the default model is listed first
 
 
 def test_unavailable_weights_exit_3_with_one_line(tmp_path: Path, capfd) -> None:

@@ -692,6 +692,10 @@ def _pillow_options(fmt: str, quality: int | None, icc: bytes | None, exif: byte
             opts["subsampling"] = 0  # 4:4:4: keep the detail the upscaler made
     if fmt == "TIFF" and features.check("libtiff"):
         opts["compression"] = "tiff_deflate"
+    if fmt == "PNG":
+        # zlib level 1: a 4000x4000 PNG writes in 1.1 s instead of 4.2 s at Pillow's default 6
+        # (OpenCV's default, which Real-ESRGAN's script writes with, is 1 as well)
+        opts["compress_level"] = 1
     return opts
 
 

@@ -17,8 +17,9 @@ from rich.markup import escape
 
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UpscaleError, UsageError
 
-DEFAULT_MODEL = "bicubic"
-"""Model used when ``--model`` is not given (the in-house default model replaces it once shipped)."""
+DEFAULT_MODEL = "default"
+"""Model used when ``--model`` is not given: the in-house network shipped inside the package
+(``upscale_cli/weights/default.safetensors``), so a first run needs no download."""
 
 _EPILOG = (
     "Subcommands: [bold]upscale models[/], [bold]upscale download[/], [bold]upscale bench[/], "

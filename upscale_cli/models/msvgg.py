@@ -108,3 +108,14 @@ register_model(
         trainable_only=True,
     )
 )
+register_model(
+    ModelSpec(
+        name="default",
+        arch="msvgg",
+        kwargs={"feats": 48, "n_conv": 6},
+        scales=SCALES,
+        aliases=("msvgg-291",),
+        description="The in-house default: MSVGG trained on T91 + BSD200 (recipes/default-model.toml), "
+        "shipped in the package, no download",
+    )
+)
