@@ -22,7 +22,7 @@ from conftest import REPO, TRAIN, need_shared
 from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
-from train_helpers import cli_app, cli_flags
+from train_helpers import cli_app, cli_flags, run_train
 from typer.testing import CliRunner
 
 from upscale_cli.errors import WeightsError
@@ -37,7 +37,7 @@ from upscale_cli.train.data import ImageStore, PatchDataset, decode_rgb8, make_l
 from upscale_cli.train.degrade import bicubic_lr
 from upscale_cli.train.discriminator import VGGDiscriminator
 from upscale_cli.train.export import manifest_entry
-from upscale_cli.train.loop import Trainer, TrainResult, choose_model, train
+from upscale_cli.train.loop import Trainer, TrainResult, choose_model
 from upscale_cli.train.losses import (
     Objective,
     highpass,
@@ -68,25 +68,6 @@ def _one_thread():
 @pytest.fixture
 def edge_files() -> list[str]:
     return [str(need_shared(TRAIN / "T91" / name)) for name in EDGE_IMAGES]
-
-
-def _run(out: Path, **options) -> TrainResult:
-    """Train in this process with small defaults (ESPCN x2, 4 patches of 16 px, fp32)."""
-    flags = {
-        "model": "espcn",
-        "scale": "2",
-        "patch_size": 16,
-        "batch_size": 4,
-        "steps": 4,
-        "seed": 0,
-        "val_every": 0,
-        "ema": 0.0,
-        "workers": 0,
-        "precision": "fp32",
-        "out": str(out),
-        **options,
-    }
-    return train(build_config(flags), console=Console(file=io.StringIO()))
 
 
 def _steps(out: Path) -> list[dict]:
@@ -326,7 +307,7 @@ def _edge_crops(folder: Path, files: list[str], side: int = 48) -> list[torch.Te
 
 def test_espcn_x2_trained_200_steps_beats_bicubic_by_1db(tmp_path: Path, edge_files: list[str]) -> None:
     crops = _edge_crops(tmp_path / "crops", edge_files)
-    result = _run(
+    result = run_train(
         tmp_path / "run",
         data=[str(tmp_path / "crops")],
         steps=200,
@@ -356,7 +337,7 @@ def test_espcn_x2_trained_200_steps_beats_bicubic_by_1db(tmp_path: Path, edge_fi
 
 def test_resume_after_kill_9_reproduces_the_uninterrupted_losses(tmp_path: Path, edge_files: list[str]) -> None:
     options = {"--steps": "40", "--save-every": "5", "--ema": "0.9", "--seed": "7", "--lr": "1e-3"}
-    _run(tmp_path / "straight", data=edge_files, steps=40, save_every=5, ema=0.9, seed=7, lr=1e-3)
+    run_train(tmp_path / "straight", data=edge_files, steps=40, save_every=5, ema=0.9, seed=7, lr=1e-3)
     killed = tmp_path / "killed"
     log = (tmp_path / "stderr.txt").open("w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -372,7 +353,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_losses(tmp_path: Path,
     proc.wait()
     stopped_at = load_checkpoint(checkpoint)["step"]
     assert 5 <= stopped_at < 40
-    _run(killed, data=edge_files, steps=40, save_every=5, ema=0.9, seed=7, lr=1e-3, resume=True)
+    run_train(killed, data=edge_files, steps=40, save_every=5, ema=0.9, seed=7, lr=1e-3, resume=True)
     _same_losses(_steps(killed), _steps(tmp_path / "straight"))
     a, b = load_file(killed / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -391,7 +372,7 @@ def test_gan_run_resumes_exactly_after_a_crash(tmp_path: Path, edge_files: list[
         "ema": 0.9,
         "seed": 5,
     }
-    _run(tmp_path / "straight", **options)
+    run_train(tmp_path / "straight", **options)
     checkpoint = Trainer._checkpoint
 
     def crash_after_step_2(self: Trainer) -> None:
@@ -401,10 +382,10 @@ def test_gan_run_resumes_exactly_after_a_crash(tmp_path: Path, edge_files: list[
 
     monkeypatch.setattr(Trainer, "_checkpoint", crash_after_step_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(tmp_path / "crashed", **options)
+        run_train(tmp_path / "crashed", **options)
     monkeypatch.setattr(Trainer, "_checkpoint", checkpoint)
     assert len(_steps(tmp_path / "crashed")) == 2
-    _run(tmp_path / "crashed", resume=True, **options)
+    run_train(tmp_path / "crashed", resume=True, **options)
     straight = _steps(tmp_path / "straight")
     assert all("d_loss" in r and "adversarial" in r for r in straight)
     _same_losses(_steps(tmp_path / "crashed"), straight)
@@ -447,7 +428,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path, edge_fi
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stderr
-    _run(tmp_path / "single", data=edge_files, steps=3, ema=0.9)
+    run_train(tmp_path / "single", data=edge_files, steps=3, ema=0.9)
     ddp_steps, single_steps = _steps(ddp_out), _steps(tmp_path / "single")
     assert [r["step"] for r in ddp_steps] == [1, 2, 3]
     for a, b in zip(ddp_steps, single_steps, strict=True):  # same data, gradients averaged: same run
@@ -459,7 +440,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path, edge_fi
 def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[str]) -> None:
     import jsonschema
 
-    result = _run(tmp_path / "run", model="carn-m", scale="3,2", data=edge_files, patch_size=12, steps=3, ema=0.5)
+    result = run_train(tmp_path / "run", model="carn-m", scale="3,2", data=edge_files, patch_size=12, steps=3, ema=0.5)
     info = json.loads((result.out_dir / "model.json").read_text())
     path = result.out_dir / "model.safetensors"
     assert info["sha256"] == sha256_file(path) and info["size"] == path.stat().st_size

@@ -23,7 +23,7 @@ from conftest import REPO
 from PIL import Image
 from rich.console import Console
 from torch import Tensor
-from train_helpers import cli_app, cli_flags
+from train_helpers import cli_app, cli_flags, run_train
 from typer.testing import CliRunner
 
 from upscale_cli.color import rgb_to_y
@@ -39,7 +39,7 @@ from upscale_cli.train.checkpoint import FILENAME, load_checkpoint, save_checkpo
 from upscale_cli.train.config import build_config, parse_losses
 from upscale_cli.train.ddp import DistContext
 from upscale_cli.train.discriminator import make_discriminator
-from upscale_cli.train.loop import Trainer, TrainResult, train
+from upscale_cli.train.loop import Trainer, TrainResult
 from upscale_cli.train.losses import Objective, gan_discriminator_loss, gan_generator_loss
 from upscale_cli.train.report import read_log
 from upscale_cli.train.supervision import TrainingOutputs, supervised_terms
@@ -71,20 +71,8 @@ def images(tmp_path: Path) -> list[str]:
 
 
 def _train(out: Path, data: list[str], **options: Any) -> TrainResult:
-    flags = {
-        "data": data,
-        "patch_size": 8,
-        "batch_size": 2,
-        "steps": 2,
-        "seed": 0,
-        "val_every": 0,
-        "ema": 0.0,
-        "workers": 0,
-        "precision": "fp32",
-        "out": str(out),
-        **options,
-    }
-    return train(build_config(flags), console=Console(file=io.StringIO()))
+    """The shared in-process run with smaller patches, batches and fewer steps."""
+    return run_train(out, **{"data": data, "patch_size": 8, "batch_size": 2, "steps": 2, **options})
 
 
 def _cli(args: list[str]) -> Any:

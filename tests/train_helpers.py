@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+
+from upscale_cli.train.config import build_config
+from upscale_cli.train.loop import TrainResult, train
 
 
 def cli_app() -> typer.Typer:
@@ -41,3 +47,22 @@ def cli_flags(out: Path, data: list[str], **options: str) -> list[str]:
     for d in data:
         args += ["--data", d]
     return args
+
+
+def run_train(out: Path, **options: Any) -> TrainResult:
+    """Train in this process with small defaults (ESPCN x2, 4 patches of 16 px, fp32)."""
+    flags = {
+        "model": "espcn",
+        "scale": "2",
+        "patch_size": 16,
+        "batch_size": 4,
+        "steps": 4,
+        "seed": 0,
+        "val_every": 0,
+        "ema": 0.0,
+        "workers": 0,
+        "precision": "fp32",
+        "out": str(out),
+        **options,
+    }
+    return train(build_config(flags), console=Console(file=io.StringIO()))
