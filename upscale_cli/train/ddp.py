@@ -111,6 +111,12 @@ def broadcast(value: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, *, finished: bool) -> None:
+    """Leave the process group.  After a run that ``finished`` on every rank, the ranks first
+    meet at a barrier, so none tears its gloo connections down while another is still using
+    them (seen under load: a rank aborting at exit with ``terminate called without an active
+    exception``); after an error, leave at once rather than wait for ranks that may be gone."""
     if ctx.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

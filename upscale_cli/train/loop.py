@@ -558,11 +558,14 @@ def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
     """
     ctx = ddp.context_from_env()
     trainer: Trainer | None = None
+    finished = False
     with _determinism(cfg.seed is not None, resolve_device(cfg.device)):
         try:
             trainer = Trainer(cfg, ctx, console)
-            return trainer.run()
+            result = trainer.run()
+            finished = True
+            return result
         finally:
             if trainer is not None:
                 trainer.close()
-            ddp.teardown(ctx)
+            ddp.teardown(ctx, finished=finished)
