@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -580,3 +582,18 @@ def test_small_overlap_seams_are_smooth(carn_m: LoadedModel, overlap: int) -> No
     butted = up.upscale(lr)
     assert psnr(blended, ref) >= psnr(butted, ref) - 0.25
     assert _seam_step(blended, ref, 4, plan.xs, overlap) < _seam_step(butted, ref, 4, plan.xs, overlap)
+
+
+def test_measuring_the_cost_does_not_import_the_compiler() -> None:
+    # a TorchDispatchMode's default dispatch wrapper imports torch._dynamo (1.2 s here) on first
+    # use; the probe opts out, so a one-image CLI run does not pay for it
+    code = (
+        "import sys\n"
+        "from upscale_cli.engine import Upscaler\n"
+        "from upscale_cli.loader import load_model\n"
+        "up = Upscaler(load_model('bicubic', 2), device='cpu')\n"
+        "assert up.bytes_per_pixel() > 0\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from upscale_cli.models import get_arch, list_archs
+from upscale_cli.models.msvgg import grow
 from upscale_cli.resize import imresize
 
 SMALL = {"feats": 8, "n_conv": 2}
@@ -66,3 +67,28 @@ def test_declared_radius_is_the_true_receptive_field(scale: int) -> None:
     ys, xs = torch.nonzero(d > 0, as_tuple=True)
     reach = int(max((ys // scale - n // 2).abs().max(), (xs // scale - n // 2).abs().max()))
     assert reach == radius == SMALL["n_conv"] + 2
+
+
+def test_grow_keeps_the_output_and_the_new_channels_learn() -> None:
+    net = _net(seed=2)
+    with torch.no_grad():  # a "trained" net: every weight non-zero, output branches too
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    grown = get_arch("msvgg").build(scale=2, feats=12, n_conv=4).double()
+    grown.load_state_dict(grow(net.state_dict(), 12, 4, torch.Generator().manual_seed(0)))
+    x = torch.rand(2, 3, 10, 9, dtype=torch.float64)
+    with torch.no_grad():
+        for scale in (2, 3, 4):
+            torch.testing.assert_close(grown(x, scale), net(x, scale), rtol=0, atol=1e-12)
+    # the new channels carry signal and their output weights get gradient (not dead units)
+    grown(x, 4).square().sum().backward()
+    assert grown.up4.weight.grad[:, SMALL["feats"] :].abs().sum() > 0
+    assert grown.body[-2].weight.grad.abs().sum() > 0
+
+
+def test_grow_refuses_to_shrink_and_other_families() -> None:
+    sd = _net().state_dict()
+    with pytest.raises(ValueError, match="shrink"):
+        grow(sd, SMALL["feats"] - 1, SMALL["n_conv"])
+    with pytest.raises(ValueError, match="not an MSVGG"):
+        grow({"conv.weight": torch.zeros(1)}, 16, 4)

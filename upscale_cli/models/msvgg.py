@@ -12,8 +12,12 @@ where ``PS_s`` is the pixel shuffle (ESPCN Eq. 4) and ``bicubic_s`` the MATLAB-c
 ``imresize`` of :mod:`upscale_cli.resize`.  Starting from the bicubic image makes the net
 useful after a few hundred steps, which is what a CPU training budget allows.
 
-RGB in 0..1 in and out; ``forward(x, scale)``.  Keys: ``head``, ``body.{0,2,...}``,
+RGB in 0..1 in and out; ``forward(x, scale)``.  Keys: ``head``, ``body.{1,3,...}``,
 ``up{2,3,4}``.
+
+:func:`grow` widens and deepens a trained MSVGG without changing its output (the
+function-preserving "Net2Net" transforms of Chen et al., ICLR 2016), so a larger net can start
+from a smaller one's weights.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
@@ -55,6 +60,40 @@ class MSVGG(nn.Module):
             raise ValueError(f"MSVGG has upsamplers for x{SCALES}, not x{scale}")
         res = self.shuffles[str(scale)](getattr(self, f"up{scale}")(self.body(self.head(x))))
         return res + imresize(x, scale=scale)
+
+
+def grow(sd: StateDict, feats: int, n_conv: int, generator: torch.Generator | None = None) -> StateDict:
+    """A state dict for ``MSVGG(feats, n_conv)`` that computes exactly what ``sd`` computes.
+
+    Net2WiderNet (Chen et al., ICLR 2016, Sec. 2.2) in its zero-output form: the new channels
+    get He-normal input weights (so they carry signal and receive gradient) and zero weights
+    wherever an old channel or the output reads them.  Net2DeeperNet (Sec. 2.3): the new
+    convolutions are appended to the body as identity (Dirac) kernels with zero bias; their
+    input is the output of a ReLU, hence non-negative, so ``ReLU(I * h) = h``.
+
+    Raises:
+        ValueError: ``sd`` is not an MSVGG, or the target is smaller than it.
+    """
+    if not _matches(sd):
+        raise ValueError("not an MSVGG state dict")
+    old = _infer(sd)[0]
+    if feats < old["feats"] or n_conv < old["n_conv"]:
+        raise ValueError(f"cannot shrink MSVGG {old} to feats={feats}, n_conv={n_conv}")
+    f = old["feats"]
+    dtype = sd["head.weight"].dtype
+    new = {k: v.to(dtype) for k, v in MSVGG(feats=feats, n_conv=n_conv).state_dict().items()}
+    he = ["head.weight"] + [f"body.{2 * i + 1}.weight" for i in range(old["n_conv"])]
+    for key, w in new.items():
+        w.zero_()
+        if key in he:  # new output channels: random inputs from every channel
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            w[f:].normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+        if key in sd:
+            src = sd[key]
+            w[tuple(slice(0, n) for n in src.shape)] = src
+    for i in range(old["n_conv"], n_conv):
+        nn.init.dirac_(new[f"body.{2 * i + 1}.weight"])
+    return new
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
