@@ -3,11 +3,18 @@ receptive field, and loading of an exported file through the same path as infere
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import REPO
 
 from upscale_cli.models import get_arch, list_archs
+from upscale_cli.loader import load_model
 from upscale_cli.models.msvgg import grow
+from upscale_cli.weights import save_weights
 from upscale_cli.resize import imresize
 
 SMALL = {"feats": 8, "n_conv": 2}
@@ -92,3 +99,19 @@ def test_grow_refuses_to_shrink_and_other_families() -> None:
         grow(sd, SMALL["feats"] - 1, SMALL["n_conv"])
     with pytest.raises(ValueError, match="not an MSVGG"):
         grow({"conv.weight": torch.zeros(1)}, 16, 4)
+
+
+def test_grow_recipe_script_writes_a_loadable_file_with_the_same_output(tmp_path: Path) -> None:
+    net = _net(seed=3).float()
+    small = tmp_path / "small.safetensors"
+    save_weights(small, net.state_dict(), name="msvgg", arch="msvgg", kwargs=SMALL, scales=[2, 3, 4], scale=2,
+                 convention="rgb")  # fmt: skip
+    big = tmp_path / "big.safetensors"
+    script = REPO / "recipes" / "grow_msvgg.py"
+    args = [sys.executable, str(script), str(small), str(big), "--feats", "12", "--n-conv", "3"]
+    subprocess.run(args, check=True, capture_output=True, cwd=REPO)
+    grown = load_model(weights=str(big), scale=3)
+    assert grown.kwargs == {"feats": 12, "n_conv": 3}
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.module(x, 3), net(x, 3), rtol=0, atol=1e-6)
