@@ -18,31 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
+from _timing import SHARED, run_timed
+
 TARGET_S = 15.0
-
-
-def run_once(data_dir: Path, threads: int | None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run of the command in a fresh process."""
-    cmd = [sys.executable, "-m", "upscale_cli", "bench", "--set", "Set5", "--set", "Set14", "--model", "bicubic",
-           "--scale", "2,3,4", "--data-dir", str(data_dir), "--device", "cpu", "--format", "csv"]  # fmt: skip
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -53,9 +34,11 @@ def main() -> None:
     data_dir = SHARED / "datasets" / "bench"
     if not (data_dir / "Set5").is_dir():
         sys.exit(f"{data_dir / 'Set5'} is absent (../shared is not beside the repository)")
+    cmd = [sys.executable, "-m", "upscale_cli", "bench", "--set", "Set5", "--set", "Set14", "--model", "bicubic",
+           "--scale", "2,3,4", "--data-dir", str(data_dir), "--device", "cpu", "--format", "csv"]  # fmt: skip
     walls = []
     for i in range(args.repeat):
-        wall, cpu = run_once(data_dir, args.threads)
+        wall, cpu, _ = run_timed(cmd, args.threads)
         walls.append(wall)
         print(f"run {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, load average {os.getloadavg()[0]:.2f}")
     median = statistics.median(walls)
