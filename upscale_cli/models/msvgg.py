@@ -151,10 +151,10 @@ register_model(
     ModelSpec(
         name="default",
         arch="msvgg",
-        kwargs={"feats": 48, "n_conv": 6},
+        kwargs={"feats": 64, "n_conv": 8},
         scales=SCALES,
         aliases=("msvgg-291",),
-        description="The in-house default: MSVGG trained on T91 + BSD200 (recipes/default-model.toml), "
-        "shipped in the package, no download",
+        description="The in-house default: MSVGG (64 features, 8 convs) trained on T91 + BSD200 "
+        "(recipes/default-model*.toml), shipped in the package, no download",
     )
 )
