@@ -85,9 +85,8 @@ def grow(sd: StateDict, feats: int, n_conv: int, generator: torch.Generator | No
     he = ["head.weight"] + [f"body.{2 * i + 1}.weight" for i in range(old["n_conv"])]
     for key, w in new.items():
         w.zero_()
-        if key in he:  # new output channels: random inputs from every channel
-            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-            w[f:].normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+        if key in he:  # new output channels: random inputs from every channel (as he_init_)
+            nn.init.kaiming_normal_(w[f:], nonlinearity="relu", generator=generator)
         if key in sd:
             src = sd[key]
             w[tuple(slice(0, n) for n in src.shape)] = src

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -150,24 +151,28 @@ ADVERSARIAL_ALIASES = {"esrgan": "ragan", "srgan": "gan"}
 DEFAULT_ADVERSARIAL = "ragan"
 
 
+def _variant(kind: str, variant: str | None, default: str, table: Mapping[str, Any], aliases: Mapping[str, str]) -> str:
+    """Canonical ``kind`` variant name: ``variant`` (or ``default``) lower-cased, aliases resolved.
+
+    Raises:
+        UsageError: a name neither in ``table`` nor in ``aliases``.
+    """
+    name = (variant or default).lower()
+    name = aliases.get(name, name)
+    if name not in table:
+        known = ", ".join([*table, *aliases])
+        raise UsageError(f"--loss: unknown {kind} variant {variant!r}; choose from {known}")
+    return name
+
+
 def adversarial_variant(variant: str | None) -> str:
     """Canonical adversarial variant name (raises :class:`UsageError` for unknown ones)."""
-    name = (variant or DEFAULT_ADVERSARIAL).lower()
-    name = ADVERSARIAL_ALIASES.get(name, name)
-    if name not in ADVERSARIAL:
-        known = ", ".join([*ADVERSARIAL, *ADVERSARIAL_ALIASES])
-        raise UsageError(f"--loss: unknown adversarial variant {variant!r}; choose from {known}")
-    return name
+    return _variant("adversarial", variant, DEFAULT_ADVERSARIAL, ADVERSARIAL, ADVERSARIAL_ALIASES)
 
 
 def perceptual_variant(variant: str | None) -> str:
     """Canonical perceptual variant name (raises :class:`UsageError` for unknown ones)."""
-    name = (variant or DEFAULT_PERCEPTUAL).lower()
-    name = PERCEPTUAL_ALIASES.get(name, name)
-    if name not in PERCEPTUAL:
-        known = ", ".join([*PERCEPTUAL, *PERCEPTUAL_ALIASES])
-        raise UsageError(f"--loss: unknown perceptual variant {variant!r}; choose from {known}")
-    return name
+    return _variant("perceptual", variant, DEFAULT_PERCEPTUAL, PERCEPTUAL, PERCEPTUAL_ALIASES)
 
 
 class Objective(nn.Module):
