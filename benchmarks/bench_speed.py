@@ -17,11 +17,9 @@ Sets are read from ``../shared/datasets/bench`` (or ``$UPSCALE_SHARED/datasets/b
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 
-from _timing import SHARED, run_timed
+from _timing import SHARED, report_runs
 
 TARGET_S = 15.0
 
@@ -36,14 +34,7 @@ def main() -> None:
         sys.exit(f"{data_dir / 'Set5'} is absent (../shared is not beside the repository)")
     cmd = [sys.executable, "-m", "upscale_cli", "bench", "--set", "Set5", "--set", "Set14", "--model", "bicubic",
            "--scale", "2,3,4", "--data-dir", str(data_dir), "--device", "cpu", "--format", "csv"]  # fmt: skip
-    walls = []
-    for i in range(args.repeat):
-        wall, cpu, _ = run_timed(cmd, args.threads)
-        walls.append(wall)
-        print(f"run {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, load average {os.getloadavg()[0]:.2f}")
-    median = statistics.median(walls)
-    verdict = "OK" if median < TARGET_S else "OVER"
-    print(f"median {median:.2f} s wall (target < {TARGET_S:.0f} s): {verdict}; {os.cpu_count()} CPUs")
+    report_runs(cmd, args.repeat, args.threads, TARGET_S)
 
 
 if __name__ == "__main__":

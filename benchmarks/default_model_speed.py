@@ -13,13 +13,11 @@ load average of each run, then the median wall time.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _timing import SHARED, run_timed
+from _timing import SHARED, report_runs
 from PIL import Image
 
 TARGET_S = 10.0
@@ -40,15 +38,7 @@ def main() -> None:
         Image.open(source).convert("RGB").resize((SIDE, SIDE), Image.BICUBIC).save(image)
         cmd = [sys.executable, "-m", "upscale_cli", str(image), "--scale", "4", "--model", args.model,
                "-o", str(Path(tmp) / "out.png"), "--overwrite"]  # fmt: skip
-        walls = []
-        for i in range(args.repeat):
-            wall, cpu, rss = run_timed(cmd, args.threads)
-            walls.append(wall)
-            print(f"run {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {rss:.2f} GB, "
-                  f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    median = statistics.median(walls)
-    verdict = "OK" if median < TARGET_S else "OVER"
-    print(f"median {median:.2f} s wall (target < {TARGET_S:.0f} s): {verdict}; {os.cpu_count()} CPUs")
+        report_runs(cmd, args.repeat, args.threads, TARGET_S)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import REPO
 
-from upscale_cli.models import get_arch, list_archs
 from upscale_cli.loader import load_model
+from upscale_cli.models import get_arch, list_archs
 from upscale_cli.models.msvgg import grow
-from upscale_cli.weights import save_weights
 from upscale_cli.resize import imresize
+from upscale_cli.weights import save_weights
 
 SMALL = {"feats": 8, "n_conv": 2}
 
