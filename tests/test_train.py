@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from train_helpers import cli_app, cli_flags, run_train
 from typer.testing import CliRunner
 
-from upscale_cli.errors import WeightsError
+from upscale_cli.errors import UsageError, WeightsError
 from upscale_cli.loader import load_model
 from upscale_cli.metrics import evaluate
 from upscale_cli.models import LoadedModel, create_model, get_arch
@@ -357,6 +357,21 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_losses(tmp_path: Path,
     _same_losses(_steps(killed), _steps(tmp_path / "straight"))
     a, b = load_file(killed / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_at_then_resume_is_the_uninterrupted_run(tmp_path: Path, edge_files: list[str]) -> None:
+    options = {"data": edge_files, "steps": 12, "save_every": 5, "ema": 0.9, "seed": 3, "lr": 1e-3, "warmup": 2}
+    run_train(tmp_path / "straight", **options)
+    segmented = tmp_path / "segmented"
+    flags = {"--steps": "12", "--save-every": "5", "--ema": "0.9", "--seed": "3", "--lr": "1e-3", "--warmup": "2"}
+    result = CliRunner().invoke(cli_app(), ["train", *cli_flags(segmented, edge_files, **flags), "--stop-at", "7"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(segmented / "checkpoint.pt")["step"] == 7  # checkpointed where it stopped, off the 5-grid
+    assert len(_steps(segmented)) == 7 and (segmented / "model.safetensors").is_file()
+    run_train(segmented, resume=True, **options)  # on the 12-step schedule all along
+    _same_losses(_steps(segmented), _steps(tmp_path / "straight"))
+    with pytest.raises(UsageError, match="--stop-at"):
+        run_train(tmp_path / "bad", stop_at=13, **options)
 
 
 def test_gan_run_resumes_exactly_after_a_crash(tmp_path: Path, edge_files: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,8 @@ _RGB_TO_YCBCR = (
     (112.0, -93.786, -18.214),
 )
 _OFFSET = (16.0, 128.0, 128.0)
+LUMA_COEFFS, LUMA_OFFSET = _RGB_TO_YCBCR[0], _OFFSET[0]
+"""``Y = (LUMA_OFFSET + sum(LUMA_COEFFS * (R, G, B))) / 255``, R, G, B in 0..1."""
 _FORWARD = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64) / 255.0
 _INVERSE = torch.linalg.inv(_FORWARD)
 

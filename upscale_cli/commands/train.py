@@ -40,6 +40,9 @@ def train(
     patch_size: int | None = typer.Option(None, "--patch-size", help="LR patch side in pixels." + _default("patch_size")),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Patches per step, over all processes." + _default("batch_size")),
     steps: int | None = typer.Option(None, "--steps", help="Optimisation steps." + _default("steps")),
+    stop_at: int | None = typer.Option(
+        None, "--stop-at", help="Stop after step N of the --steps schedule (checkpointed and validated); --resume goes on from there."
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate." + _default("lr")),
     optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd." + _default("optimizer")),
     schedule: str | None = typer.Option(None, "--schedule", help="cosine, step (halved at 20/40/60/80 %) or none." + _default("schedule")),
@@ -88,6 +91,7 @@ def train(
         "patch_size": patch_size,
         "batch_size": batch_size,
         "steps": steps,
+        "stop_at": stop_at,
         "lr": lr,
         "optimizer": optimizer,
         "schedule": schedule,

@@ -15,6 +15,11 @@ useful after a few hundred steps, which is what a CPU training budget allows.
 RGB in 0..1 in and out; ``forward(x, scale)``.  Keys: ``head``, ``body.{1,3,...}``,
 ``up{2,3,4}``.
 
+``msvgg-y`` is the same network on the BT.601 luma alone (``channels=1``; the chroma is the
+bicubic of the input's, as in SRCNN, Dong et al., TPAMI 2016, Sec. 4.1, and VDSR), so that all
+of its capacity goes to the channel the standard protocol scores.  :func:`to_luma` turns a
+trained RGB MSVGG into a luma one that computes the same for grey images.
+
 :func:`grow` widens and deepens a trained MSVGG without changing its output (the
 function-preserving "Net2Net" transforms of Chen et al., ICLR 2016), so a larger net can start
 from a smaller one's weights.
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..color import LUMA_COEFFS, LUMA_OFFSET
 from ..resize import imresize
 from .layers import conv, he_init_, indices, receptive_radius, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
@@ -38,16 +44,16 @@ SCALES = (2, 3, 4)
 class MSVGG(nn.Module):
     """``PS(up_s(ReLU(conv(...ReLU(head(x)))))) + bicubic(x)``, one body for every scale."""
 
-    def __init__(self, scale: int = 2, feats: int = 48, n_conv: int = 6) -> None:
+    def __init__(self, scale: int = 2, feats: int = 48, n_conv: int = 6, channels: int = 3) -> None:
         super().__init__()
         del scale  # one network for every scale
-        self.head = conv(3, feats)
+        self.head = conv(channels, feats)
         layers: list[nn.Module] = [nn.ReLU(inplace=True)]
         for _ in range(n_conv):
             layers += [conv(feats, feats), nn.ReLU(inplace=True)]
         # body.0 is the head's activation, so the convs sit at body.1, body.3, ...
         self.body = nn.Sequential(*layers)
-        self.up2, self.up3, self.up4 = (conv(feats, 3 * s * s) for s in SCALES)
+        self.up2, self.up3, self.up4 = (conv(feats, channels * s * s) for s in SCALES)
         self.shuffles = nn.ModuleDict({str(s): nn.PixelShuffle(s) for s in SCALES})
         # He init for the ReLU stack; zero residual branches, so training starts at bicubic
         # (a plain net at PyTorch's default init spends its first steps undoing its own noise)
@@ -74,18 +80,19 @@ def grow(sd: StateDict, feats: int, n_conv: int, generator: torch.Generator | No
     Raises:
         ValueError: ``sd`` is not an MSVGG, or the target is smaller than it.
     """
-    if not _matches(sd):
+    channels = _channels(sd)
+    if channels is None:
         raise ValueError("not an MSVGG state dict")
     old = _infer(sd)[0]
     if feats < old["feats"] or n_conv < old["n_conv"]:
         raise ValueError(f"cannot shrink MSVGG {old} to feats={feats}, n_conv={n_conv}")
     f = old["feats"]
     dtype = sd["head.weight"].dtype
-    new = {k: v.to(dtype) for k, v in MSVGG(feats=feats, n_conv=n_conv).state_dict().items()}
+    new = {k: v.to(dtype) for k, v in MSVGG(feats=feats, n_conv=n_conv, channels=channels).state_dict().items()}
     he = ["head.weight"] + [f"body.{2 * i + 1}.weight" for i in range(old["n_conv"])]
     for key, w in new.items():
         w.zero_()
-        if key in he:  # new output channels: random inputs from every channel (as he_init_)
+        if key in he and feats > f:  # new output channels: random inputs from every channel (as he_init_)
             nn.init.kaiming_normal_(w[f:], nonlinearity="relu", generator=generator)
         if key in sd:
             src = sd[key]
@@ -93,6 +100,35 @@ def grow(sd: StateDict, feats: int, n_conv: int, generator: torch.Generator | No
     for i in range(old["n_conv"], n_conv):
         nn.init.dirac_(new[f"body.{2 * i + 1}.weight"])
     return new
+
+
+def to_luma(sd: StateDict) -> StateDict:
+    """An ``msvgg-y`` state dict computing, for grey images, the luma of what RGB ``sd`` computes.
+
+    On a grey input ``R = G = B = g`` the luma net sees ``y = (16 + 219 g) / 255`` (BT.601), so
+    its head weights are the RGB head's summed over the input channels times 255/219, the
+    offset going into the bias; each upsampler's output at a sub-pixel is the BT.601
+    combination ``(65.481 R + 128.553 G + 24.966 B) / 255`` of the RGB one's three outputs
+    there (its residual; the bicubic skip commutes with the affine colour map).  Exact up to
+    the zero padding of the first conv, which does not carry the offset; a warm start for
+    training the luma net, not a replacement.
+
+    Raises:
+        ValueError: ``sd`` is not an RGB MSVGG.
+    """
+    if _channels(sd) != 3:
+        raise ValueError("not an RGB MSVGG state dict")
+    out = {k: v.clone() for k, v in sd.items()}
+    head = sd["head.weight"].double()
+    out["head.weight"] = (head.sum(dim=1, keepdim=True) * 255 / 219).to(head.dtype)
+    out["head.bias"] = (sd["head.bias"].double() - head.sum(dim=(1, 2, 3)) * LUMA_OFFSET / 219).to(head.dtype)
+    coeffs = torch.tensor(LUMA_COEFFS, dtype=torch.float64) / 255
+    for s in SCALES:
+        for p in ("weight", "bias"):
+            w = sd[f"up{s}.{p}"].double()
+            rgb = w.reshape(3, s * s, *w.shape[1:])  # PixelShuffle reads channel c * s^2 + k
+            out[f"up{s}.{p}"] = torch.einsum("c,ck...->k...", coeffs, rgb).to(w.dtype)
+    return out
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
@@ -109,11 +145,15 @@ def _convs(sd: StateDict) -> list[int]:
     return indices(sd, "body.", "weight")
 
 
-def _matches(sd: StateDict) -> bool:
+def _channels(sd: StateDict) -> int | None:
+    """3 for an RGB MSVGG state dict, 1 for a luma one, ``None`` for anything else."""
     convs = _convs(sd)
     expected = {f"{k}.{p}" for k in ("head", "up2", "up3", "up4") for p in ("weight", "bias")}
     expected |= {f"body.{i}.{p}" for i in convs for p in ("weight", "bias")}
-    return set(sd) == expected and convs == list(range(1, 2 * len(convs) + 1, 2))
+    if set(sd) != expected or convs != list(range(1, 2 * len(convs) + 1, 2)):
+        return None
+    channels = shape(sd, "head.weight")[1]
+    return channels if channels in (1, 3) else None
 
 
 def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
@@ -130,7 +170,28 @@ ARCH = register_arch(
         multiscale=True,
         fp16=True,
         bf16=False,  # fidelity (PSNR-trained) model: see layers.py
-        matches=_matches,
+        matches=lambda sd: _channels(sd) == 3,
+        infer_kwargs=_infer,
+        default_kwargs={"feats": 48, "n_conv": 6},
+    )
+)
+
+
+def _build_luma(scale: int = 2, feats: int = 48, n_conv: int = 6) -> MSVGG:
+    return MSVGG(scale, feats, n_conv, channels=1)
+
+
+LUMA_ARCH = register_arch(
+    Arch(
+        name="msvgg-y",
+        build=_build_luma,
+        convention="y",
+        radius=_radius,
+        paper="this project: MSVGG on the BT.601 luma, bicubic chroma (after SRCNN, VDSR)",
+        multiscale=True,
+        fp16=True,
+        bf16=False,
+        matches=lambda sd: _channels(sd) == 1,
         infer_kwargs=_infer,
         default_kwargs={"feats": 48, "n_conv": 6},
     )
@@ -143,6 +204,16 @@ register_model(
         kwargs={"feats": 48, "n_conv": 6},
         scales=SCALES,
         description="Compact multi-scale plain-conv net with a bicubic skip (this project's own)",
+        trainable_only=True,
+    )
+)
+register_model(
+    ModelSpec(
+        name="msvgg-y",
+        arch="msvgg-y",
+        kwargs={"feats": 48, "n_conv": 6},
+        scales=SCALES,
+        description="MSVGG on the BT.601 luma, chroma bicubic (this project's own)",
         trainable_only=True,
     )
 )

@@ -121,6 +121,7 @@ class TrainConfig:
     patch_size: int = 48
     batch_size: int = 16
     steps: int = 300_000
+    stop_at: int | None = None
     lr: float = 2e-4
     optimizer: str = "adam"
     schedule: str = "cosine"
@@ -286,6 +287,8 @@ def _check(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"--{key.replace('_', '-')}: expected a positive integer, got {value!r}")
+    if cfg.stop_at is not None and (not isinstance(cfg.stop_at, int) or not 1 <= cfg.stop_at <= cfg.steps):
+        raise UsageError(f"--stop-at: expected an integer in 1..--steps ({cfg.steps}), got {cfg.stop_at!r}")
     non_negative = {"warmup": cfg.warmup, "val_every": cfg.val_every, "save_every": cfg.save_every}
     for key, value in non_negative.items():
         if not isinstance(value, int) or value < 0:

@@ -490,8 +490,13 @@ class Trainer:
             )
         save_checkpoint(self.ckpt_path, state)
 
+    @property
+    def _end(self) -> int:
+        """The step this invocation stops after: ``--stop-at`` or ``--steps``."""
+        return self.cfg.steps if self.cfg.stop_at is None else self.cfg.stop_at
+
     def _after_step(self) -> None:
-        cfg, last = self.cfg, self.step == self.cfg.steps
+        cfg, last = self.cfg, self.step == self._end
         if self.vset is not None and (self.step % cfg.val_every == 0 or last):
             self._validate()
         if (cfg.save_every and self.step % cfg.save_every == 0) or last:
@@ -502,24 +507,26 @@ class Trainer:
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train from the current step to ``--steps``."""
-        cfg = self.cfg
+        """Train from the current step to ``--stop-at`` (default ``--steps``), on the schedule of
+        ``--steps`` either way."""
+        cfg, end = self.cfg, self._end
         workers = default_workers() if cfg.workers is None else cfg.workers
         loader = make_loader(
             self.dataset,
             self.step,
-            cfg.steps,
+            end,
             rank=self.ctx.rank,
             world=self.ctx.world,
             workers=workers,
             pin_memory=self.device.type == "cuda",
         )
         self.net.train()
-        if self.step >= cfg.steps and self.reporter is not None:
-            self.reporter.note(f"the run in {self.out} already made {self.step} steps: nothing to do (raise --steps to go on)")
+        if self.step >= end and self.reporter is not None:
+            flag = "--steps" if cfg.stop_at is None else "--stop-at"
+            self.reporter.note(f"the run in {self.out} already made {self.step} steps: nothing to do (raise {flag} to go on)")
         began, first = time.perf_counter(), self.step
         batches = iter(loader)
-        while self.step < cfg.steps:
+        while self.step < end:
             t0 = time.perf_counter()
             lr, hr = self._batch(*next(batches))
             waited = time.perf_counter() - t0
