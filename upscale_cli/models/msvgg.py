@@ -1,4 +1,5 @@
-"""MSVGG: a compact multi-scale plain-conv network with a bicubic skip (the project's default).
+"""MSVGG: a compact multi-scale plain-conv network with a bicubic skip (the project's default is
+its luma variant, ``msvgg-y``).
 
 A VGG-style stack of 3x3 convolutions at low resolution (the compact design of Real-ESRGAN's
 SRVGGNetCompact and of ESPCN, Shi et al., CVPR 2016), shared by x2, x3 and x4 as in MDSR
@@ -220,11 +221,11 @@ register_model(
 register_model(
     ModelSpec(
         name="default",
-        arch="msvgg",
-        kwargs={"feats": 64, "n_conv": 8},
+        arch="msvgg-y",
+        kwargs={"feats": 64, "n_conv": 10},
         scales=SCALES,
         aliases=("msvgg-291",),
-        description="The in-house default: MSVGG (64 features, 8 convs) trained on T91 + BSD200 "
+        description="The in-house default: MSVGG on the luma (64 features, 10 convs) trained on T91 + BSD200 "
         "(recipes/default-model*.toml), shipped in the package, no download",
     )
 )
