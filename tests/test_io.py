@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 import zlib
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
+from upscale_cli import encoders
 from upscale_cli import io as uio
 from upscale_cli.errors import InputError, UsageError
 
@@ -278,7 +280,8 @@ def _png_bytes(w: int, h: int, depth: int, color_type: int, raw: bytes, trns: by
 
 
 def _decode_png_independently(data: bytes) -> np.ndarray:
-    """Decode a 16-bit non-interlaced PNG with a plain-Python unfilter (PNG spec 9.2-9.4)."""
+    """Decode an 8- or 16-bit non-interlaced PNG with a plain-Python unfilter (PNG spec 9.2-9.4);
+    ``zlib.decompress`` checks the stream's Adler-32."""
     pos, idat, ihdr = 8, b"", b""
     while pos < len(data):
         (n,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
@@ -287,9 +290,9 @@ def _decode_png_independently(data: bytes) -> np.ndarray:
         idat += body if kind == b"IDAT" else b""
         pos += 12 + n
     w, h, depth, color_type = struct.unpack(">IIBB", ihdr[:10])
-    assert depth == 16
+    assert depth in (8, 16)
     c = {0: 1, 4: 2, 2: 3, 6: 4}[color_type]
-    bpp, stride = 2 * c, 2 * c * w
+    bpp, stride = depth // 8 * c, depth // 8 * c * w
     raw, prev, out = zlib.decompress(idat), bytearray(stride), bytearray()
     for y in range(h):
         ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
@@ -302,7 +305,7 @@ def _decode_png_independently(data: bytes) -> np.ndarray:
             line[x] = (line[x] + pred) & 0xFF
         out += line
         prev = line
-    return np.frombuffer(bytes(out), dtype=">u2").reshape(h, w, c).astype(np.uint16)
+    return np.frombuffer(bytes(out), dtype=">u2" if depth == 16 else np.uint8).reshape(h, w, c).astype(f"uint{depth}")
 
 
 @pytest.mark.parametrize("channels,color_type", [(2, 4), (3, 2), (4, 6)])
@@ -325,10 +328,37 @@ def test_16bit_colour_png_read_keeps_16_bits(channels: int, color_type: int, tmp
 def test_16bit_png_write_is_exact(tmp_path: Path, h: int, w: int, channels: int, data: st.DataObject) -> None:
     seed = data.draw(st.integers(0, 2**32 - 1))
     a = np.random.default_rng(seed).integers(0, 65536, (h, w, channels), dtype=np.uint16)
-    a[0, 0] = 65535  # extremes: Paeth differences wrap
+    a[0, 0] = 65535  # extremes: Up differences wrap
     out = uio.write_image(uio.from_numpy(a), tmp_path / "deep.png", overwrite=True)
     np.testing.assert_array_equal(_decode_png_independently(out.read_bytes()), a)
     np.testing.assert_array_equal(uio.to_numpy(uio.read_image(out)), a)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_deflated_in_blocks_on_threads_is_exact_and_thread_independent(
+    channels: int, dtype: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peak = np.iinfo(dtype).max
+    a = RNG.integers(0, peak + 1, (23, 9, channels), dtype=dtype)
+    a[5:9] = peak  # runs that deflate well next to noise that does not
+    monkeypatch.setattr(encoders, "BLOCK_BYTES", 50)  # a block every 1-2 rows: many joins
+    written = []
+    for threads in (1, 3):
+        buf = io.BytesIO()
+        encoders.write_png(buf, a, None, None, threads=threads)
+        written.append(buf.getvalue())
+    assert written[0] == written[1]
+    np.testing.assert_array_equal(_decode_png_independently(written[0]), a)
+    path = tmp_path / "p.png"
+    path.write_bytes(written[0])
+    np.testing.assert_array_equal(uio.to_numpy(uio.read_image(path)).reshape(a.shape), a)
+
+
+def test_adler32_of_a_concatenation_from_its_parts() -> None:
+    for n_a, n_b in [(0, 7), (7, 0), (1, 1), (5552, 5553), (70000, 131071)]:
+        x, y = RNG.bytes(n_a), RNG.bytes(n_b)
+        assert encoders._adler32_cat(zlib.adler32(x), zlib.adler32(y), n_b) == zlib.adler32(x + y)
 
 
 def test_16bit_rgb_png_transparency_key_uses_all_16_bits(tmp_path: Path) -> None:
@@ -412,7 +442,9 @@ def test_crash_mid_write_leaves_nothing(exc: BaseException, tmp_path: Path, monk
     folder.mkdir()
     existing = folder / "kept.png"
     existing.write_bytes(b"previous result")
-    monkeypatch.setattr(Image.Image, "save", _crash_after_some_bytes(exc))
+    crash = _crash_after_some_bytes(exc)
+    monkeypatch.setattr(Image.Image, "save", crash)  # Pillow's encoders
+    monkeypatch.setattr(uio, "_write_png", lambda fp, *args: crash(None, fp))  # our PNG encoder
 
     expected = InputError if isinstance(exc, OSError) else KeyboardInterrupt
     with pytest.raises(expected) as info:
@@ -425,12 +457,12 @@ def test_crash_mid_write_leaves_nothing(exc: BaseException, tmp_path: Path, monk
     assert existing.read_bytes() == b"previous result"
 
 
-def test_crash_in_16bit_encoder_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_in_png_encoder_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(f, *args) -> None:
         f.write(b"half")
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(uio, "_write_png16", broken)
+    monkeypatch.setattr(uio, "_write_png", broken)
     with pytest.raises(InputError, match="Input/output error"):
         uio.write_image(uio.from_numpy(np.zeros((2, 2, 3), np.uint16)), tmp_path / "d.png")
     assert os.listdir(tmp_path) == []
@@ -451,13 +483,13 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_target_appearing_during_the_write_is_not_clobbered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "race.png"
-    real_save = Image.Image.save
+    real_write = uio._write_png
 
-    def save_while_someone_else_writes(self: Image.Image, fp, *args, **kwargs) -> None:
+    def write_while_someone_else_writes(fp, *args) -> None:
         target.write_bytes(b"other process")
-        real_save(self, fp, *args, **kwargs)
+        real_write(fp, *args)
 
-    monkeypatch.setattr(Image.Image, "save", save_while_someone_else_writes)
+    monkeypatch.setattr(uio, "_write_png", write_while_someone_else_writes)
     with pytest.raises(uio.OutputExistsError):
         uio.write_image(uio.from_numpy(np.zeros((2, 2), np.uint8)), target)
     assert target.read_bytes() == b"other process"
@@ -495,13 +527,13 @@ def test_file_systems_without_hard_links(tmp_path: Path, monkeypatch: pytest.Mon
     pic = uio.from_numpy(np.zeros((2, 3), np.uint8))
     out = uio.write_image(pic, tmp_path / "a.png")
     assert Image.open(out).size == (3, 2)
-    real_save = Image.Image.save
+    real_write = uio._write_png
 
-    def save_while_someone_else_writes(self: Image.Image, fp, *args, **kwargs) -> None:
+    def write_while_someone_else_writes(fp, *args) -> None:
         (tmp_path / "b.png").write_bytes(b"other process")
-        real_save(self, fp, *args, **kwargs)
+        real_write(fp, *args)
 
-    monkeypatch.setattr(Image.Image, "save", save_while_someone_else_writes)
+    monkeypatch.setattr(uio, "_write_png", write_while_someone_else_writes)
     with pytest.raises(uio.OutputExistsError):
         uio.write_image(pic, tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes() == b"other process"
