@@ -69,11 +69,11 @@ def write_png(f: BinaryIO, a: np.ndarray, icc: bytes | None, exif: bytes | None,
     Args:
         threads: deflate workers (default: the CPU count); the bytes do not depend on it.
     """
-    h, w, c = a.shape
-    depth = 16 if a.dtype == np.uint16 else 8
-    if depth == 8 and a.dtype != np.uint8:
+    if a.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"write_png: uint8 or uint16 samples, not {a.dtype}")
-    raw = np.ascontiguousarray(a, dtype=">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(h, -1)
+    h, w, c = a.shape
+    depth = 8 * a.dtype.itemsize
+    raw = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder(">")).view(np.uint8).reshape(h, -1)
     rows = max(1, BLOCK_BYTES // raw.shape[1])
     starts = range(0, h, rows)
 
@@ -83,9 +83,6 @@ def write_png(f: BinaryIO, a: np.ndarray, icc: bytes | None, exif: bytes | None,
         last = y + rows >= h
         return z.compress(data) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH), zlib.adler32(data), len(data)
 
-    workers = max(1, min(len(starts), threads or os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:  # zlib and numpy release the GIL
-        blocks = list(pool.map(block, starts))
     f.write(b"\x89PNG\r\n\x1a\n")
     f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _COLOR_TYPE[c], 0, 0, 0)))
     if icc:
@@ -94,9 +91,11 @@ def write_png(f: BinaryIO, a: np.ndarray, icc: bytes | None, exif: bytes | None,
         f.write(_chunk(b"eXIf", exif[len(EXIF_HEADER) :] if exif.startswith(EXIF_HEADER) else exif))
     adler = 1
     f.write(_chunk(b"IDAT", b"\x78\x01"))  # zlib header: deflate, 32 KiB window, fastest
-    for deflated, block_adler, size in blocks:
-        adler = _adler32_cat(adler, block_adler, size)
-        f.write(_chunk(b"IDAT", deflated))
+    workers = max(1, min(len(starts), threads or os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # zlib and numpy release the GIL
+        for deflated, block_adler, size in pool.map(block, starts):  # in order, written as they come
+            adler = _adler32_cat(adler, block_adler, size)
+            f.write(_chunk(b"IDAT", deflated))
     f.write(_chunk(b"IDAT", struct.pack(">I", adler)))
     f.write(_chunk(b"IEND", b""))
 

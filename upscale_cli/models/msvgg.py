@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..color import LUMA_COEFFS, LUMA_OFFSET
 from ..resize import imresize
 from .layers import conv, he_init_, indices, receptive_radius, shape
-from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
+from .registry import Arch, Convention, ModelSpec, StateDict, register_arch, register_model
 
 SCALES = (2, 3, 4)
 
@@ -161,62 +161,48 @@ def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
     return {"feats": shape(sd, "head.weight")[0], "n_conv": len(_convs(sd))}, None
 
 
-ARCH = register_arch(
-    Arch(
-        name="msvgg",
-        build=MSVGG,
-        convention="rgb",
-        radius=_radius,
-        paper="this project: multi-scale compact VGG with a bicubic skip (after ESPCN, VDSR, MDSR)",
-        multiscale=True,
-        fp16=True,
-        bf16=False,  # fidelity (PSNR-trained) model: see layers.py
-        matches=lambda sd: _channels(sd) == 3,
-        infer_kwargs=_infer,
-        default_kwargs={"feats": 48, "n_conv": 6},
+_SMALL = {"feats": 48, "n_conv": 6}
+"""The trainable models' kwargs (``default`` is larger)."""
+
+
+def _register(name: str, channels: int, convention: Convention, paper: str, description: str) -> Arch:
+    """Register one MSVGG family (RGB or luma) and its trainable model of the same name."""
+
+    def build(scale: int = 2, feats: int = _SMALL["feats"], n_conv: int = _SMALL["n_conv"]) -> MSVGG:
+        return MSVGG(scale, feats, n_conv, channels=channels)
+
+    arch = register_arch(
+        Arch(
+            name=name,
+            build=build,
+            convention=convention,
+            radius=_radius,
+            paper=paper,
+            multiscale=True,
+            fp16=True,
+            bf16=False,  # fidelity (PSNR-trained) model: see layers.py
+            matches=lambda sd: _channels(sd) == channels,
+            infer_kwargs=_infer,
+            default_kwargs=_SMALL,
+        )
     )
+    register_model(ModelSpec(name=name, arch=name, kwargs=_SMALL, scales=SCALES, description=description, trainable_only=True))
+    return arch
+
+
+ARCH = _register(
+    "msvgg",
+    3,
+    "rgb",
+    "this project: multi-scale compact VGG with a bicubic skip (after ESPCN, VDSR, MDSR)",
+    "Compact multi-scale plain-conv net with a bicubic skip (this project's own)",
 )
-
-
-def _build_luma(scale: int = 2, feats: int = 48, n_conv: int = 6) -> MSVGG:
-    return MSVGG(scale, feats, n_conv, channels=1)
-
-
-LUMA_ARCH = register_arch(
-    Arch(
-        name="msvgg-y",
-        build=_build_luma,
-        convention="y",
-        radius=_radius,
-        paper="this project: MSVGG on the BT.601 luma, bicubic chroma (after SRCNN, VDSR)",
-        multiscale=True,
-        fp16=True,
-        bf16=False,
-        matches=lambda sd: _channels(sd) == 1,
-        infer_kwargs=_infer,
-        default_kwargs={"feats": 48, "n_conv": 6},
-    )
-)
-
-register_model(
-    ModelSpec(
-        name="msvgg",
-        arch="msvgg",
-        kwargs={"feats": 48, "n_conv": 6},
-        scales=SCALES,
-        description="Compact multi-scale plain-conv net with a bicubic skip (this project's own)",
-        trainable_only=True,
-    )
-)
-register_model(
-    ModelSpec(
-        name="msvgg-y",
-        arch="msvgg-y",
-        kwargs={"feats": 48, "n_conv": 6},
-        scales=SCALES,
-        description="MSVGG on the BT.601 luma, chroma bicubic (this project's own)",
-        trainable_only=True,
-    )
+LUMA_ARCH = _register(
+    "msvgg-y",
+    1,
+    "y",
+    "this project: MSVGG on the BT.601 luma, bicubic chroma (after SRCNN, VDSR)",
+    "MSVGG on the BT.601 luma, chroma bicubic (this project's own)",
 )
 register_model(
     ModelSpec(
