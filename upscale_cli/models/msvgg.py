@@ -120,9 +120,9 @@ def to_luma(sd: StateDict) -> StateDict:
     if _channels(sd) != 3:
         raise ValueError("not an RGB MSVGG state dict")
     out = {k: v.clone() for k, v in sd.items()}
-    head = sd["head.weight"].double()
-    out["head.weight"] = (head.sum(dim=1, keepdim=True) * 255 / 219).to(head.dtype)
-    out["head.bias"] = (sd["head.bias"].double() - head.sum(dim=(1, 2, 3)) * LUMA_OFFSET / 219).to(head.dtype)
+    head, swing = sd["head.weight"].double(), sum(LUMA_COEFFS)  # 219: grey g in 0..1 gives y = (16 + 219 g) / 255
+    out["head.weight"] = (head.sum(dim=1, keepdim=True) * 255 / swing).to(head.dtype)
+    out["head.bias"] = (sd["head.bias"].double() - head.sum(dim=(1, 2, 3)) * LUMA_OFFSET / swing).to(head.dtype)
     coeffs = torch.tensor(LUMA_COEFFS, dtype=torch.float64) / 255
     for s in SCALES:
         for p in ("weight", "bias"):
