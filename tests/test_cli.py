@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from upscale_cli.cli import main
+from upscale_cli.devices import resolve_device
 
 
 def run(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -88,6 +89,7 @@ def test_json_lines_have_the_documented_fields(tmp_path: Path, capfd) -> None:
     assert code == 0
     recs = [json.loads(line) for line in out.splitlines()]
     assert len(recs) == 2
+    auto = resolve_device("auto")  # no --device: the CLI's own choice
     keys = {"input", "output", "width", "height", "out_width", "out_height", "model", "scale", "device",
             "precision", "tile", "seconds", "status", "error"}
     for rec in recs:
@@ -95,7 +97,8 @@ def test_json_lines_have_the_documented_fields(tmp_path: Path, capfd) -> None:
         assert rec["status"] == "done" and rec["error"] is None
         assert (rec["out_width"], rec["out_height"]) == (rec["width"] * 4, rec["height"] * 4)
         assert Path(rec["output"]).exists()
-        assert rec["model"] == "default" and rec["device"] == "cpu" and rec["precision"] in {"fp32", "bf16"}
+        assert rec["model"] == "default" and rec["device"] == str(auto)
+        assert rec["precision"] in ({"fp32", "bf16"} if auto.type == "cpu" else {"fp32", "fp16", "bf16"})
 
 
 @pytest.mark.parametrize(

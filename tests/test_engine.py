@@ -400,7 +400,7 @@ class NaNInReducedPrecision(nn.Module):
 def test_nan_tiles_are_redone_in_fp32(precision: str) -> None:
     base = tiny("rgb", 2)
     module = NaNInReducedPrecision(base.module, bright=0.95)
-    model = LoadedModel("nan", base.arch, module, 2, base.kwargs)
+    model = LoadedModel("nan", dataclasses.replace(base.arch, bf16=True), module, 2, base.kwargs)  # both dtypes allowed
     x = image(60, 60) * 0.9
     x[:, 5, 50] = 1.0  # one bright pixel: only the tiles holding it go NaN
     up = Upscaler(model, device="cpu", precision=precision, tile=24, tile_overlap=3, batch_size=3)

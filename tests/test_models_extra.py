@@ -273,9 +273,9 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("name", "scale", "kwargs", "steps", "lr"), OVERFIT, ids=[o[0] for o in OVERFIT])
 def test_overfits_a_few_crops_past_bicubic(name: str, scale: int, kwargs: dict[str, Any], steps: int, lr: float) -> None:
-    """Training works through the generic calling convention, and the fp16 / bf16 flags hold:
-    a precision the family declares safe changes the trained net's PSNR by at most 0.05 dB
-    (fp16: the whole net in half precision; bf16: CPU autocast, as the engine runs it)."""
+    """Training works through the generic calling convention, and the fp16 flag holds: the
+    whole trained net in half precision changes its PSNR by at most 0.05 dB.  (These are
+    fidelity families, none declares bf16: see ``test_only_perceptual_families_declare_bf16``.)"""
     model, lr_img, hr = overfit(name, scale, kwargs, steps, lr)
     with torch.no_grad():
         ours = y_psnr(model(lr_img), hr, scale)
@@ -284,9 +284,14 @@ def test_overfits_a_few_crops_past_bicubic(name: str, scale: int, kwargs: dict[s
         if model.supports_fp16:
             half = LoadedModel(name=name, arch=model.arch, module=copy.deepcopy(model.module).half(), scale=scale, kwargs=model.kwargs)
             assert abs(y_psnr(half(lr_img.half()), hr, scale) - ours) <= 0.05, f"{name} is not fp16-safe"
-        if model.supports_bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                assert abs(y_psnr(model(lr_img), hr, scale) - ours) <= 0.05, f"{name} is not bf16-safe"
+
+
+def test_only_perceptual_families_declare_bf16() -> None:
+    """bf16 keeps 8 mantissa bits, so a PSNR-trained net's output moves by ~0.2 dB in it
+    (layers.py); under bf16 autocast the overfit nets above moved by 0.04-1.0 dB on the
+    synthetic crops (DRCN, CMSC, MDSR).  Only the GAN-trained families, whose outputs move by
+    < 2 levels, may declare it."""
+    assert sorted(a.name for a in list_archs() if a.bf16) == ["rrdbnet", "srvgg"]
 
 
 UNREADABLE = {"ms-lapsrn": {"recursions"}}

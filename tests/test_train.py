@@ -452,6 +452,16 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path, edge_fi
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
+def test_ddp_process_without_a_gpu_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun starting more CUDA processes than the node has GPUs: one clear line, not a CUDA
+    'invalid device ordinal' traceback from every rank."""
+    from upscale_cli.train import ddp
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match=r"process 1 of this node has no GPU: 1 CUDA device\(s\).*--device cpu"):
+        ddp.setup(ddp.DistContext(rank=1, world=2, local_rank=1), torch.device("cuda"))
+
+
 def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[str]) -> None:
     import jsonschema
 

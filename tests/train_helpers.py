@@ -40,6 +40,7 @@ def cli_flags(out: Path, data: list[str], **options: str) -> list[str]:
         "--ema": "0",
         "--workers": "0",
         "--precision": "fp32",
+        "--device": "cpu",  # the same run (and gloo for DDP) on a machine with a GPU too
         "--out": str(out),
         **options,
     }

@@ -55,7 +55,8 @@ class Arch:
         multiscale: ``forward(x, scale)`` instead of ``forward(x)``.
         size_multiple: input H and W must be multiples of this (``(kwargs, scale) -> int``);
             the runtime pads (reflect) and crops, so callers never see it.
-        fp16, bf16: whether inference in that dtype is numerically safe.
+        fp16, bf16: whether inference in that dtype is numerically safe (``layers.py``: fp16
+            for every family here; bf16 only where a family declares it, the GAN-trained ones).
         matches: does a state dict (after :attr:`convert_keys`) belong to this family?
         infer_kwargs: kwargs and scale (``None`` if not determinable) read off a state dict's
             shapes, so ``--weights FILE`` needs no other flag.
@@ -71,7 +72,7 @@ class Arch:
     multiscale: bool = False
     size_multiple: Callable[[Mapping[str, Any], int], int] = _one
     fp16: bool = True
-    bf16: bool = True
+    bf16: bool = False
     matches: Callable[[StateDict], bool] | None = None
     infer_kwargs: Callable[[StateDict], tuple[dict[str, Any], int | None]] | None = None
     convert_keys: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None

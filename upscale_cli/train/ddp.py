@@ -60,6 +60,11 @@ def setup(ctx: DistContext, device: torch.device) -> torch.device:
     if not ctx.enabled:
         return device
     if device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UsageError(
+                f"process {ctx.local_rank} of this node has no GPU: {torch.cuda.device_count()} CUDA device(s) here; "
+                "start at most that many (torchrun --nproc-per-node) or train with --device cpu"
+            )
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
