@@ -524,10 +524,24 @@ def test_parse_hf_uris() -> None:
 
 
 @pytest.fixture
-def hub(server: Loopback, monkeypatch: pytest.MonkeyPatch, online: None) -> Loopback:
+def hub(server: Loopback, monkeypatch: pytest.MonkeyPatch, online: None, tmp_path: Path) -> Loopback:
     """The loopback server as the Hugging Face endpoint.  huggingface_hub reads HF_HUB_OFFLINE
-    and HF_ENDPOINT once, at import, so its constants are set too (no request leaves the host)."""
+    and HF_ENDPOINT once, at import, so its constants are set too (no request leaves the host).
+    Its agent-harness registry (huggingface_hub >= 1.x fetches it from the endpoint when it
+    first builds request headers, then keeps it in the process and in a file) starts empty, as
+    in a fresh process: whether a test's code makes that request must not depend on the order
+    the tests ran in."""
+    import importlib
+
     import huggingface_hub.constants as hfc
+
+    try:
+        detect = importlib.import_module("huggingface_hub.utils._detect_agent")
+    except ImportError:  # older huggingface_hub: no registry
+        pass
+    else:
+        monkeypatch.setattr(detect, "_registry", None)
+        monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
 
     monkeypatch.setenv("HF_ENDPOINT", server.base)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -556,9 +570,10 @@ def test_hf_source_through_the_hub_client(hub: Loopback, payload: bytes, manifes
     assert hub.requests == []
 
 
-def test_hf_offline_and_not_cached(hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("var", ["UPSCALE_OFFLINE", "HF_HUB_OFFLINE"])
+def test_hf_offline_and_not_cached(hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
     manifest(entry_for(payload, [{"hf": {"repo_id": "org/weights", "filename": "conv.pth", "revision": "main"}}]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(var, "1")
     with pytest.raises(WeightsError, match=r"conv\.pth.*offline.*hf://org/weights/conv\.pth@main.*put it at"):
         resolve_weights("fsrcnn", 2)
     assert hub.requests == []

@@ -6,7 +6,8 @@ in order.  URL sources are streamed onto a ``.part`` file beside the target, res
 HTTP ``Range`` request when one is left over, and moved into place (``os.replace``, atomic) only
 after the size and sha256 check passes.  Hugging Face sources go through
 :func:`huggingface_hub.hf_hub_download` and its own cache.  ``UPSCALE_OFFLINE=1`` or
-``HF_HUB_OFFLINE=1`` forbids any network access.
+``HF_HUB_OFFLINE=1`` forbids any network access: offline, Hugging Face's cache is only looked
+up (:func:`huggingface_hub.try_to_load_from_cache`), the hub client never builds a request.
 """
 
 from __future__ import annotations
@@ -217,8 +218,19 @@ def fetch_hf(
 
 
 def _fetch_hf(repo_id: str, filename: str, revision: str | None, expected: Expected, local_only: bool) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    if local_only:
+        # a cache lookup only: hf_hub_download(local_files_only=True) still builds request
+        # headers, and recent huggingface_hub versions fetch their agent registry from the Hub
+        # for that unless HF_HUB_OFFLINE was set before the process imported it
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=_hf_cache(), revision=revision)
+        if not isinstance(cached, str):
+            raise FileNotFoundError(f"hf://{repo_id}/{filename} is not in the Hugging Face cache {_hf_cache()}")
+        problem = expected.problem(Path(cached))
+        if problem is None:
+            return Path(cached)
+        raise _BadBytes(problem)
     for force in (False, True):
         path = Path(
             hf_hub_download(
@@ -227,15 +239,12 @@ def _fetch_hf(repo_id: str, filename: str, revision: str | None, expected: Expec
                 revision=revision,
                 cache_dir=_hf_cache(),
                 endpoint=os.environ.get("HF_ENDPOINT") or None,
-                local_files_only=local_only,
                 force_download=force,
             )
         )
         problem = expected.problem(path)
         if problem is None:
             return path
-        if local_only:
-            break
     raise _BadBytes(problem)
 
 
