@@ -171,7 +171,6 @@ ARCH = register_arch(
         paper="Ahn et al., CARN, ECCV 2018",
         multiscale=True,
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"mobile": False, "group": 1},

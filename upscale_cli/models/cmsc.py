@@ -114,7 +114,6 @@ register_arch(
         radius=_radius,
         paper="Hu et al., CMSC, arXiv 2018",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("fenet.0.weight", "stages.0.0.branch5.0.weight", "ensemble.weight"), CMSC, _infer),
         infer_kwargs=_infer,
         default_kwargs={"stages": 3, "modules": 3, "feats": 64},

@@ -130,7 +130,6 @@ register_arch(
         radius=_radius,
         paper="first seed paper: DenseNet-14 SR with high-pass residual loss",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("head.0.weight", "dense.0.0.weight", "up.0.0.weight", "tail.0.weight"), DenseSR, _infer),
         infer_kwargs=_infer,
         default_kwargs={"feats": 32, "growth": 16, "layers": 14},

@@ -161,7 +161,6 @@ register_arch(
         radius=_radius,
         paper="Kim et al., DRCN, CVPR 2016",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("recursive.weight", "ensemble.weight", "embed.0.weight"), DRCN, _infer),
         infer_kwargs=_infer,
         default_kwargs={"recursions": 16, "feats": 256},

@@ -78,7 +78,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Lim et al., EDSR, CVPRW 2017",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},

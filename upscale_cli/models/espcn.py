@@ -58,7 +58,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Shi et al., ESPCN, CVPR 2016",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n1": 64, "n2": 32},

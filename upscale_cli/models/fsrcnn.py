@@ -76,7 +76,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Dong et al., FSRCNN, ECCV 2016",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"d": 56, "s": 12, "m": 4},

@@ -126,7 +126,6 @@ register_arch(
         radius=_radius,
         paper="Hui et al., IDN, CVPR 2018",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("fblock.0.weight", "dblocks.0.compress.weight", "upsample.weight"), IDN, _infer),
         infer_kwargs=_infer,
         default_kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},

@@ -21,9 +21,9 @@ FSRCNN, SRVGGNetCompact) the output moves by < 0.25 8-bit levels RMS (FSRCNN x2 
 follows their official code, which runs them in half precision (EDSR-PyTorch
 ``--precision half``, Real-ESRGAN's default fp16).  bf16 (8-bit
 mantissa) rounds every activation to ~1/256 of its magnitude: 0.4-1.2 levels RMS (FSRCNN x2 on
-Set5: -0.16 dB; CARN-M x2 on a Set5 crop: -0.2 dB), so it is declared unsafe for the fidelity
-(PSNR-trained) models and safe only for the perceptual (GAN-trained) ones, whose outputs move
-by < 2 levels anywhere.
+Set5: -0.16 dB; CARN-M x2 on a Set5 crop: -0.2 dB), so it is off by default (``Arch.bf16``):
+the fidelity (PSNR-trained) families leave it off, and only the perceptual (GAN-trained) ones,
+whose outputs move by < 2 levels anywhere, declare it.
 """
 
 from __future__ import annotations

@@ -90,7 +90,6 @@ register_arch(
         paper="Lim et al., MDSR (EDSR paper, Sec. 3.2), CVPRW 2017",
         multiscale=True,
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("sub_mean.weight", "pre_process.0.0.body.0.weight", "upsample.0.0.weight"), MDSR, _infer),
         infer_kwargs=_infer,
         default_kwargs={"n_resblocks": 80, "n_feats": 64},

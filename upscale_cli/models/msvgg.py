@@ -180,7 +180,6 @@ def _register(name: str, channels: int, convention: Convention, paper: str, desc
             paper=paper,
             multiscale=True,
             fp16=True,
-            bf16=False,  # fidelity (PSNR-trained) model: see layers.py
             matches=lambda sd: _channels(sd) == channels,
             infer_kwargs=_infer,
             default_kwargs=_SMALL,

@@ -125,7 +125,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Zhang et al., RCAN, ECCV 2018",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n_resgroups": 10, "n_resblocks": 20, "n_feats": 64, "reduction": 16},

@@ -95,7 +95,6 @@ register_arch(
         radius=_radius,
         paper="Choi and Kim, SelNet, CVPRW 2017",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("entry.select.weight", "units.0.0.select.weight", "to_subpixel.weight"), SelNet, _infer),
         infer_kwargs=_infer,
         default_kwargs={"units": 10, "feats": 64},

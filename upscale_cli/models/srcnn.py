@@ -67,7 +67,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Dong et al., SRCNN, TPAMI 2016",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n1": 64, "n2": 32},

@@ -97,7 +97,6 @@ ARCH = register_arch(
         radius=_radius,
         paper="Ledig et al., SRResNet, CVPR 2017 (BasicSR MSRResNet)",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"num_feat": 64, "num_block": 16},

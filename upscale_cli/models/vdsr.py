@@ -91,7 +91,6 @@ register_arch(
         radius=_radius,
         paper="Kim et al., VDSR, CVPR 2016",
         fp16=True,
-        bf16=False,  # fidelity model: bf16 costs ~0.2 dB (layers.py)
         matches=layout_matcher(("convs.0.weight", "convs.1.weight"), VDSR, _infer),
         infer_kwargs=_infer,
         default_kwargs={"depth": 20, "feats": 64},
