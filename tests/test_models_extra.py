@@ -302,7 +302,8 @@ our own exports carry the kwargs in their metadata."""
 @pytest.mark.parametrize("key", sorted(SMALL))
 def test_state_dict_is_recognised_and_runs_with_weights(key: str, tmp_path: Path) -> None:
     from upscale_cli.loader import load_model
-    from upscale_cli.weights import detect_arch, save_weights
+    from upscale_cli.models import detect_arch
+    from upscale_cli.weights import save_weights
 
     arch, scale, kwargs = _small(key)
     torch.manual_seed(1)

@@ -23,15 +23,15 @@ from torch import nn
 from upscale_cli import download
 from upscale_cli.download import Expected, cache_dir, parse_hf, resolve_weights
 from upscale_cli.errors import UsageError, WeightsError
+from upscale_cli.formats.torchfile import unwrap_state_dict
+from upscale_cli.models import detect_arch
 from upscale_cli.weights import (
     FORMAT,
-    detect_arch,
     key_diff,
     load_strict,
     read_checkpoint,
     save_weights,
     sha256_file,
-    unwrap_state_dict,
 )
 
 # --- a loopback HTTP server -----------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_whole_model_checkpoint_refused_with_how_to_convert(tmp_path: Path) -> N
 def test_garbage_and_missing_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"definitely not a checkpoint" * 10)
-    with pytest.raises(WeightsError, match=r"junk\.pth: not a readable checkpoint"):
+    with pytest.raises(WeightsError, match=r"junk\.pth: not a weights file of any supported format"):
         read_checkpoint(junk)
     with pytest.raises(WeightsError, match="no such weights file"):
         read_checkpoint(tmp_path / "absent.pth")
@@ -290,7 +290,7 @@ def test_detect_fixture_families_from_keys(checkpoints: Path, file: str, arch: s
 
 
 def test_detect_prefers_the_family_that_fits_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import upscale_cli.models as zoo
+    import upscale_cli.models.detect as zoo
     from upscale_cli.models import Arch
 
     def family(name: str, bias: bool, matches) -> Arch:

@@ -6,7 +6,7 @@ What can be asked for:
   kwargs, the manifest the verified weights file (downloaded and cached on first use);
 * a weights file alone (``load_model(weights="x.pth")``): our own safetensors exports carry
   arch, kwargs and scale in their metadata; third-party checkpoints are recognised from their
-  keys (:func:`~upscale_cli.weights.detect_arch`), or named with ``arch=`` (a model name or an
+  keys (:func:`~upscale_cli.models.detect.detect_arch`), or named with ``arch=`` (a model name or an
   architecture family);
 * a named model with a weights file (``load_model("rcan", 4, weights="mine.pth")``): the named
   model's architecture with those weights;
@@ -26,12 +26,10 @@ from torch import Tensor, nn
 
 from .download import resolve_weights
 from .errors import UsageError, WeightsError
-from .models import Arch, LoadedModel, ModelSpec, get_arch, get_spec, list_specs
+from .models import Arch, LoadedModel, ModelSpec, detect_arch, get_arch, get_spec, infer_kwargs, list_specs
 from .weights import (
     FORMAT,
     convert_for,
-    detect_arch,
-    infer_kwargs,
     load_strict,
     manifest_entry,
     read_checkpoint,

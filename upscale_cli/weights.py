@@ -1,12 +1,7 @@
-"""Weights files: safe reading, our own safetensors export, the manifest, and state dicts
-checked against (and recognised by) the registered architectures.
-
-Reading never executes pickled code: torch files go through
-``torch.load(..., weights_only=True, map_location="cpu")`` and safetensors files through
-:mod:`safetensors`.  Checkpoints of other projects come wrapped in many ways (BasicSR's
-``{"params_ema": ...}``, ``{"state_dict": ...}``, DataParallel's ``module.`` prefix); they are
-unwrapped here so the rest of the program sees a plain state dict.  Fetching files is the job
-of :mod:`upscale_cli.download`.
+"""Weights files: reading them (through :mod:`upscale_cli.formats`, which never executes code
+from a file), our own safetensors export, the manifest, and state dicts checked against a
+network.  Fetching files is the job of :mod:`upscale_cli.download`; recognising which network
+a state dict is for, of :mod:`upscale_cli.models.detect`.
 """
 
 from __future__ import annotations
@@ -14,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,18 +18,13 @@ from torch import Tensor
 
 from .errors import WeightsError
 from .files import atomic_path
+from .formats import read as read_any
 
 if TYPE_CHECKING:
     from .models.registry import Arch
 
 FORMAT = "upscale-cli/1"
 """Value of the ``format`` metadata key of the safetensors files written by :func:`save_weights`."""
-
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network", "generator")
-"""Keys under which checkpoints nest their state dict, in order of preference (EMA first)."""
-
-_PREFIXES = ("module.",)
-
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
@@ -86,99 +74,17 @@ def save_weights(
     return sha256_file(target)
 
 
-def is_safetensors(path: Path) -> bool:
-    """Sniff the safetensors layout: an 8-byte little-endian header length, then a JSON object."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-        size = path.stat().st_size
-    except OSError:
-        return False
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 8 + n <= size
-
-
-def _unpickling_error(path: Path, err: Exception) -> WeightsError:
-    text = str(err)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found is None:  # not an object the safe unpickler refused: a damaged or foreign file
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        cause = detail.group(1).strip() if detail else text.strip().splitlines()[0]
-        return WeightsError(f"{path}: not a readable checkpoint ({cause})")
-    return WeightsError(
-        f"{path}: holds pickled Python objects ({found.group(1)}), not only tensors (a "
-        "whole-model checkpoint?); pickled code is never executed here. Convert it where you "
-        "trust its source: torch.save(model.state_dict(), 'weights.pth'), then pass that file"
-    )
-
-
-def unwrap_state_dict(obj: Any, key: str | None = None) -> tuple[dict[str, Tensor], str | None]:
-    """Find the state dict inside a loaded checkpoint; return it and the wrapper key used.
-
-    Wrappers are followed while the object holds no tensors at its top level and has one of
-    :data:`WRAPPER_KEYS` (or ``key``, when given, which must exist) holding a mapping.
-    ``module.`` prefixes are stripped and non-tensor entries dropped.
-    """
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"a checkpoint must be a mapping, not {type(obj).__name__}")
-    used: str | None = None
-    if key is not None:
-        if not isinstance(obj.get(key), Mapping):
-            raise KeyError(f"no state dict under key {key!r} (keys: {', '.join(map(str, list(obj)[:8]))})")
-        obj, used = obj[key], key
-    while not any(isinstance(v, Tensor) for v in obj.values()):
-        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj, used = obj[inner], inner
-    sd: dict[str, Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, Tensor):
-            name = str(k)
-            for prefix in _PREFIXES:
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
-            sd[name] = v
-    return sd, used
-
-
 def read_checkpoint(
     path: str | os.PathLike[str], key: str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, str] | None]:
-    """Read a safetensors or torch checkpoint safely; return (state dict, safetensors metadata).
+    """Read a weights file of any supported format (:mod:`upscale_cli.formats`) safely;
+    return (state dict, safetensors metadata or ``None``).
 
-    The metadata is ``None`` for torch files (and for safetensors files without any).  ``key``
-    forces a wrapper key (e.g. the manifest's ``"params_ema"``).  Raises
-    :class:`~upscale_cli.errors.WeightsError` naming the file for anything unreadable,
-    including pickled whole-model checkpoints, which are refused.
+    ``key`` forces a wrapper key of torch files (e.g. the manifest's ``"params_ema"``).  Raises
+    :class:`~upscale_cli.errors.WeightsError` naming the file for anything unreadable.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"{p}: no such weights file")
-    metadata: dict[str, str] | None = None
-    try:
-        if is_safetensors(p):
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt", device="cpu") as f:
-                metadata = f.metadata() or None
-                obj: Any = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        else:
-            obj = torch.load(p, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as err:
-        raise _unpickling_error(p, err) from None
-    except Exception as err:  # noqa: BLE001 - any reader failure is one user-facing line
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{p}: not a readable checkpoint ({cause})") from None
-    try:
-        sd, _ = unwrap_state_dict(obj, key)
-    except (TypeError, KeyError) as err:
-        raise WeightsError(f"{p}: {err.args[0]}") from None
-    if not sd:
-        raise WeightsError(f"{p}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))})")
-    return sd, metadata
+    ckpt = read_any(path, key)
+    return ckpt.tensors, ckpt.metadata
 
 
 # --- the manifest -------------------------------------------------------------------------
@@ -227,42 +133,6 @@ def convert_for(arch: Arch, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return arch.convert_keys(dict(sd)) if arch.convert_keys is not None else dict(sd)
 
 
-def _claim(arch: Arch, sd: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
-    """``sd`` converted to ``arch``'s layout if the family recognises it as its own, else None."""
-    if arch.matches is None:
-        return None
-    try:
-        converted = convert_for(arch, sd)
-        return converted if arch.matches(converted) else None
-    except Exception:  # noqa: BLE001 - a converter or matcher choking on foreign keys means "no"
-        return None
-
-
-def _fits_exactly(arch: Arch, sd: Mapping[str, Tensor]) -> bool:
-    """Whether the network built from the kwargs read off ``sd`` has exactly its keys and shapes."""
-    try:
-        kwargs, scale = infer_kwargs(arch, sd)
-        with torch.device("meta"):
-            net = arch.build(scale=scale or 4, **kwargs)
-    except (WeightsError, ValueError, TypeError):
-        return False
-    return key_diff(net.state_dict(), sd) is None
-
-
-def infer_kwargs(arch: Arch, sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
-    """Kwargs and scale (``None`` when unknown) of family ``arch`` read off a converted state
-    dict; the family's defaults when it cannot read them.  WeightsError when the keys are not
-    the family's at all."""
-    if arch.infer_kwargs is None:
-        return dict(arch.default_kwargs), None
-    try:
-        kwargs, scale = arch.infer_kwargs(sd)
-    except (KeyError, IndexError, ValueError, AttributeError) as err:
-        first = ", ".join(list(sd)[:4])
-        raise WeightsError(f"not a checkpoint of the {arch.name} family: no key {err} (first keys: {first})") from None
-    return dict(kwargs), scale
-
-
 def key_diff(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], show: int = 3) -> str | None:
     """A one-line, readable difference between two state dicts' keys and shapes, or ``None``.
 
@@ -290,29 +160,3 @@ def load_strict(module: torch.nn.Module, sd: Mapping[str, Tensor], where: str) -
     if diff is not None:
         raise WeightsError(f"{where}: weights do not fit the network ({diff})")
     module.load_state_dict(sd, strict=True)
-
-
-def detect_arch(sd: Mapping[str, Tensor]) -> tuple[Arch, dict[str, Any], int | None]:
-    """Recognise the family of a state dict from its keys alone.
-
-    Each registered family converts the keys to its layout (``convert_keys``) and says whether
-    they are its own (``matches``); kwargs and scale are read off the shapes
-    (``infer_kwargs``).  When several families claim the keys, the one whose network has
-    exactly these keys and shapes wins.  Raises WeightsError when none (or no single one) fits.
-    """
-    from .models import list_archs
-
-    claims = [(arch, _claim(arch, sd)) for arch in list_archs()]
-    found = [(arch, csd) for arch, csd in claims if csd is not None]
-    if len(found) > 1:
-        found = [(arch, csd) for arch, csd in found if _fits_exactly(arch, csd)] or found
-    if len(found) != 1:
-        names = ", ".join(a.name for a, _ in found) or "none"
-        first = ", ".join(list(sd)[:4])
-        raise WeightsError(
-            f"cannot tell the architecture from the keys (families that claim them: {names}; "
-            f"first keys: {first}); pass --arch NAME"
-        )
-    arch, csd = found[0]
-    kwargs, scale = infer_kwargs(arch, csd)
-    return arch, kwargs, scale

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from .detect import detect_arch, infer_kwargs
 from .loaded import LoadedModel
 from .registry import (
     Arch,
@@ -23,7 +24,7 @@ from .registry import (
     register_model,
 )
 
-_INFRA = {"registry", "loaded", "layers"}
+_INFRA = {"registry", "loaded", "layers", "detect"}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name not in _INFRA and not _info.name.startswith("_"):
@@ -35,8 +36,10 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "create_model",
+    "detect_arch",
     "get_arch",
     "get_spec",
+    "infer_kwargs",
     "list_archs",
     "list_specs",
     "register_arch",

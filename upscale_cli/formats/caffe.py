@@ -1,0 +1,14 @@
+"""Placeholder: the caffe reader is being written (issue 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Checkpoint, Format, FormatError
+
+
+def _read(path: Path, key: str | None) -> Checkpoint:
+    raise FormatError("caffe files are not supported yet")
+
+
+FORMAT = Format(name="caffe", description="caffe (not yet)", sniff=lambda path, head: False, read=_read)

@@ -1,0 +1,14 @@
+"""Placeholder: the matlab reader is being written (issue 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Checkpoint, Format, FormatError
+
+
+def _read(path: Path, key: str | None) -> Checkpoint:
+    raise FormatError("matlab files are not supported yet")
+
+
+FORMAT = Format(name="matlab", description="matlab (not yet)", sniff=lambda path, head: False, read=_read)
