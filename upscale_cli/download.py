@@ -285,7 +285,7 @@ def _url_weights(url: str, progress: bool) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rsplit("/", 1)[-1].split("?", 1)[0]) or "weights"
     dest = cache_dir() / "urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     expected = Expected.from_name(name)
-    with _locked(dest):
+    with locked(dest):
         if dest.is_file() and expected.problem(dest) is None:
             return dest
         if is_offline():
@@ -350,7 +350,8 @@ def resolve_entry(entry: Mapping[str, Any], what: str, progress: bool = True) ->
     """The verified local file of manifest ``entry``: from the cache or its sources in order.
 
     ``what`` names the model in messages.  A cached file that fails the check is removed and
-    fetched again; a source that serves wrong bytes is reported and the next one tried.
+    fetched again; a source that serves wrong bytes is reported and the next one tried.  The
+    entry's ``companions`` (entries of their own) are resolved into the same folder.
     """
     expected = Expected.of(entry)
     for source in entry["sources"]:  # shipped in the package: used in place, never copied
@@ -361,12 +362,15 @@ def resolve_entry(entry: Mapping[str, Any], what: str, progress: bool = True) ->
                 return path
             warn(f"{what}: {path} fails its check ({problem}); trying the other sources")
     dest = cached_path(entry)
-    with _locked(dest):  # another process fetching the same file: wait, then use its result
-        return _resolve_entry(entry, dest, what, progress)
+    with locked(dest):  # another process fetching the same file: wait, then use its result
+        path = _resolve_entry(entry, dest, what, progress)
+    for companion in entry.get("companions", ()):  # files read beside it (an MXNet graph ...)
+        resolve_entry(companion, f"{what}, {companion['file']}", progress)
+    return path
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path.lock`` (POSIX ``flock``; no lock where unavailable)
     so that two processes never write the same ``.part``."""
     try:

@@ -24,8 +24,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .download import resolve_weights
+from .convert import cached_conversion, converted_path, export, record_conversion
+from .download import locked, resolve_entry, resolve_weights
 from .errors import UsageError, WeightsError
+from .formats import read as read_any
 from .models import Arch, LoadedModel, ModelSpec, detect_arch, get_arch, get_spec, infer_kwargs, list_specs
 from .weights import (
     FORMAT,
@@ -58,7 +60,7 @@ def _family(name: str) -> Arch:
     return get_arch(get_spec(name).arch) if _is_model_name(name) else get_arch(name)
 
 
-def _known_scales(arch: Arch, kwargs: Mapping[str, Any]) -> list[int] | None:
+def known_scales(arch: Arch, kwargs: Mapping[str, Any]) -> list[int] | None:
     """The scales of the registered model with this architecture and these kwargs, if one."""
     for spec in list_specs():
         if get_arch(spec.arch) is arch and all(kwargs.get(k) == v for k, v in spec.kwargs.items()):
@@ -113,13 +115,41 @@ def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, pr
     _check_scale(what, scale, spec.scales)
     if not pretrained:
         return _finish(spec.name, arch, module, scale, spec.kwargs, device, source="random")
-    path = resolve_weights(spec.name, scale, progress=progress)
     entry = manifest_entry(spec.name, scale) or {}
+    extra = {k: entry[k] for k in ("license", "citation") if k in entry}
+    if "format" in entry:  # another project's format: converted once, then the conversion is used
+        path, digest = _converted(spec, module, scale, entry, progress)
+        return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
+    path = resolve_weights(spec.name, scale, progress=progress)
     sd, _ = read_checkpoint(path, key=entry.get("wrapper"))
     load_strict(module, convert_for(arch, sd), f"{path.name} ({spec.name} x{scale})")
-    extra = {k: entry[k] for k in ("license", "citation") if k in entry}
     digest = entry.get("sha256") or sha256_file(path)  # a full manifest hash was just verified
     return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
+
+
+def _converted(spec: ModelSpec, module: nn.Module, scale: int, entry: Mapping[str, Any], progress: bool) -> tuple[Path, str]:
+    """Load manifest ``entry``'s weights into ``module`` from the conversion cache, converting
+    the verified upstream file first when the cache holds no sound conversion; return the
+    converted file and its sha256."""
+    arch = get_arch(spec.arch)
+    what = f"{spec.name} x{scale}"
+    target = converted_path(spec.name, entry)
+    with locked(target):
+        digest = cached_conversion(target, entry)
+        if digest is None:
+            upstream = resolve_entry(entry, what, progress)
+            ckpt = read_any(upstream, entry.get("wrapper"))
+            load_strict(module, convert_for(arch, ckpt.tensors), f"{upstream.name} ({what})")
+            source = next((s["url"] for s in entry["sources"] if "url" in s), entry["file"])
+            info = {"source": source, "source_sha256": entry["sha256"], "source_format": ckpt.format}
+            info.update({k: entry[k] for k in ("license", "citation") if k in entry})
+            loaded = LoadedModel(spec.name, arch, module, scale, dict(spec.kwargs))
+            digest = export(loaded, target, spec.scales, info)
+            record_conversion(target, digest, entry, ckpt.format)
+            return target, digest
+    sd, _ = read_checkpoint(target)
+    load_strict(module, convert_for(arch, sd), f"{target} ({what})")
+    return target, digest
 
 
 def _infer(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> tuple[dict[str, Any], int | None]:
@@ -183,7 +213,7 @@ def _from_file(
         except WeightsError as err:
             raise WeightsError(f"{path}: {err}") from None
     if scales is None:
-        scales = _known_scales(arch, kwargs)
+        scales = known_scales(arch, kwargs)
     if scale is None and inferred is None and not arch.multiscale:  # FSRCNN...: shapes do not tell
         inferred = scale_from_name(path.name)
         if inferred is not None:

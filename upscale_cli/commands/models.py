@@ -68,6 +68,7 @@ def model_rows() -> list[dict[str, Any]]:
     parameter-free models, never for trainable-only ones); ``cached_scales`` lists the scales
     whose weights file is in the cache (presence and size only; files are hashed before use).
     """
+    from ..convert import converted_path
     from ..download import is_cached
     from ..models import get_arch, list_specs
     from ..weights import manifest_entries
@@ -79,7 +80,7 @@ def model_rows() -> list[dict[str, Any]]:
         arch = get_arch(spec.arch)
         entries = manifest_entries(spec.name)
         params = counts[spec.name]
-        cached_scales = sorted(s for s, e in entries.items() if is_cached(e))
+        cached_scales = sorted(s for s, e in entries.items() if is_cached(e) or converted_path(spec.name, e).is_file())
         if params == 0:
             weights, cached = "none needed", True
         elif entries:
@@ -179,8 +180,13 @@ def download(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list of the files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fetch, verify and cache a model's published weights (exit 3 when they cannot be had)."""
+    """Fetch, verify and cache a model's published weights (exit 3 when they cannot be had).
+
+    Weights published in another format (MATLAB, Caffe, MXNet, pickled modules ...) are
+    converted to safetensors once, here, and the conversion is cached and printed.
+    """
     from ..download import resolve_weights
+    from ..loader import load_model
     from ..models import get_arch, get_spec
     from ..weights import manifest_entries
 
@@ -195,7 +201,10 @@ def download(
         scales = sorted(entries) if all_scales and entries else [spec.scales[0] if scale is None else scale]
         done: dict[str, dict[str, Any]] = {}
         for s in scales:
-            path = resolve_weights(spec.name, s, progress=not quiet)
+            if "format" in entries.get(s, {}):  # another project's format: fetched and converted now
+                path = Path(load_model(spec.name, s, progress=not quiet).source)
+            else:
+                path = resolve_weights(spec.name, s, progress=not quiet)
             done.setdefault(str(path), {"name": spec.name, "scales": [], "path": str(path)})["scales"].append(s)
     except UpscaleError as err:
         raise _fail(err) from None

@@ -71,8 +71,7 @@ def unwrap_state_dict(obj: Any, key: str | None = None) -> tuple[dict[str, Tenso
         if isinstance(v, Tensor):
             name = str(k)
             for prefix in _PREFIXES:
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
+                name = name.removeprefix(prefix)
             sd[name] = v
     return sd, used
 
