@@ -41,11 +41,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from upscale_cli import devices
-from upscale_cli.engine import Upscaler
-from upscale_cli.metrics import evaluate
-from upscale_cli.models import LoadedModel, create_model, get_arch, get_spec
-from upscale_cli.resize import imresize
+from upscale_cli import devices  # noqa: E402 - after the sys.path line above
+from upscale_cli.engine import Upscaler  # noqa: E402 - after the sys.path line above
+from upscale_cli.metrics import evaluate  # noqa: E402 - after the sys.path line above
+from upscale_cli.models import LoadedModel, create_model, get_arch, get_spec  # noqa: E402 - after the sys.path line above
+from upscale_cli.resize import imresize  # noqa: E402 - after the sys.path line above
 
 SHARED = Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
 

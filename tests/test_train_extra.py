@@ -178,7 +178,10 @@ def test_pyramid_loss_compares_each_level_with_the_hr_downscaled_to_its_size() -
     # the same number as the model's own pyramid loss on the Y channel
     with torch.no_grad():
         y = net.forward_pyramid(rgb_to_y(lr))
-        charb = lambda a, b: torch.sqrt((a - b) ** 2 + 1e-6).mean()
+
+        def charb(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.sqrt((a - b) ** 2 + 1e-6).mean()
+
         torch.testing.assert_close(terms["charbonnier"], pyramid_loss(y, rgb_to_y(hr), charb), rtol=1e-5, atol=1e-6)
 
 
