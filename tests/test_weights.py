@@ -151,16 +151,17 @@ def test_pickled_code_is_never_run(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as err:
         read_checkpoint(path)
     assert not marker.exists()
-    msg = str(err.value)
-    assert str(path) in msg and "never executed" in msg and "os.makedirs" in msg.replace("posix.", "os.")
-    assert "\n" not in msg
+    # torch's safe loader refuses the global; the restricted unpickler refuses the call
+    assert str(err.value) == f"{path}: refused: the pickle calls os.makedirs; pickled code is never executed"
 
 
-def test_whole_model_checkpoint_refused_with_how_to_convert(tmp_path: Path) -> None:
+def test_whole_model_checkpoint_loads_its_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "whole.pth"
-    torch.save(nn.Conv2d(1, 1, 1), path)
-    with pytest.raises(WeightsError, match=r"pickled Python objects \(torch\.nn\.modules\.conv\.Conv2d\).*state_dict"):
-        read_checkpoint(path)
+    net = nn.Conv2d(1, 2, 3)
+    torch.save(net, path)
+    sd, _ = read_checkpoint(path)
+    assert list(sd) == ["weight", "bias"]
+    assert all(torch.equal(sd[k], v) for k, v in net.state_dict().items())
 
 
 def test_garbage_and_missing_files(tmp_path: Path) -> None:
