@@ -3,14 +3,17 @@ TPAMI 2016 (ECCV 2014).
 
 Three layers on the bicubic-upscaled image (Sec. 3.1): patch extraction
 ``F1 = max(0, W1 * Y + B1)`` (Eq. 1, 9x9, n1 = 64), non-linear mapping
-``F2 = max(0, W2 * F1 + B2)`` (Eq. 2, 5x5, n2 = 32) and reconstruction ``F = W3 * F2 + B3``
-(Eq. 3, 5x5): the 9-5-5 setting of Sec. 4.3.2, zero-padded so the output keeps the size.
+``F2 = max(0, W2 * F1 + B2)`` (Eq. 2, f2 x f2, n2 = 32) and reconstruction ``F = W3 * F2 + B3``
+(Eq. 3, 5x5), zero-padded so the output keeps the size.  ``f2`` = 5 is the 9-5-5 setting of
+Sec. 4.3.2 (the default), ``f2`` = 1 the basic 9-1-5 network of Sec. 4.1.
 Like the paper (Sec. 4.1: "only on the luminance channel") convention ``y``: Y in 0..1.  The
 bicubic upscaling is part of the forward, with the MATLAB-compatible
 :func:`upscale_cli.resize.imresize`, so the model maps LR to HR like every other.
 
-Key layout = yjn870/SRCNN-pytorch (``models.py``): ``conv1``, ``conv2``, ``conv3``.
-No public weights with a verifiable hash: trainable.
+Key layout = yjn870/SRCNN-pytorch (``models.py``): ``conv1``, ``conv2``, ``conv3``;
+:func:`convert_keys` reads Lornatang/SRCNN-PyTorch's ``features.0``, ``map.0``,
+``reconstruction`` (9-1-5).  Lornatang's ``srcnn_x{2,3,4}.pth`` (commit 089306dd) are one and
+the same file and an untrained net (about 8 dB on Set5), so no public weights: trainable.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ from .registry import Arch, ModelSpec, register_arch, register_model
 
 
 class SRCNN(nn.Module):
-    """SRCNN 9-5-5 (Dong et al. 2016, Fig. 2) on the bicubic-upscaled Y channel."""
+    """SRCNN 9-f2-5 (Dong et al. 2016, Fig. 2) on the bicubic-upscaled Y channel."""
 
-    def __init__(self, scale: int = 2, n1: int = 64, n2: int = 32) -> None:
+    def __init__(self, scale: int = 2, n1: int = 64, n2: int = 32, f2: int = 5) -> None:
         super().__init__()
         self.scale = scale
         self.conv1 = conv(1, n1, 9)
-        self.conv2 = conv(n1, n2, 5)
+        self.conv2 = conv(n1, n2, f2)
         self.conv3 = conv(n2, 1, 5)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,9 +46,30 @@ class SRCNN(nn.Module):
         return self.conv3(y)
 
 
-def _radius(_kwargs: Mapping[str, Any], scale: int) -> int:
-    # bicubic x scale, then 9x9, 5x5, 5x5 at HR
-    return receptive_radius([("cubic", scale), ("conv", 4 + 2 + 2)], scale)
+def rename_layout(sd: dict[str, Tensor], renames: Mapping[str, str]) -> dict[str, Tensor]:
+    """``sd`` with each ``{old}.weight`` / ``{old}.bias`` renamed ``{new}.*`` when its keys are
+    exactly those of the ``renames`` modules (another repository's names for the same layers);
+    any other state dict unchanged."""
+    if set(sd) != {f"{old}.{p}" for old in renames for p in ("weight", "bias")}:
+        return sd
+    out = {}
+    for key, value in sd.items():
+        module, param = key.rsplit(".", 1)
+        out[f"{renames[module]}.{param}"] = value
+    return out
+
+
+_LORNATANG = {"features.0": "conv1", "map.0": "conv2", "reconstruction": "conv3"}
+
+
+def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Lornatang/SRCNN-PyTorch (``model.py``) names to ours; other layouts unchanged."""
+    return rename_layout(sd, _LORNATANG)
+
+
+def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
+    # bicubic x scale, then 9x9, f2 x f2, 5x5 at HR
+    return receptive_radius([("cubic", scale), ("conv", 4 + kwargs.get("f2", 5) // 2 + 2)], scale)
 
 
 def _matches(sd: Mapping[str, Tensor]) -> bool:
@@ -56,7 +80,8 @@ def _matches(sd: Mapping[str, Tensor]) -> bool:
 
 
 def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
-    return {"n1": shape(sd, "conv1.weight")[0], "n2": shape(sd, "conv2.weight")[0]}, None
+    n2, _, f2, _ = shape(sd, "conv2.weight")
+    return {"n1": shape(sd, "conv1.weight")[0], "n2": n2, "f2": f2}, None
 
 
 ARCH = register_arch(
@@ -69,7 +94,8 @@ ARCH = register_arch(
         fp16=True,
         matches=_matches,
         infer_kwargs=_infer,
-        default_kwargs={"n1": 64, "n2": 32},
+        convert_keys=convert_keys,
+        default_kwargs={"n1": 64, "n2": 32, "f2": 5},
     )
 )
 
@@ -77,7 +103,7 @@ register_model(
     ModelSpec(
         name="srcnn",
         arch="srcnn",
-        kwargs={"n1": 64, "n2": 32},
+        kwargs={"n1": 64, "n2": 32, "f2": 5},
         scales=(2, 3, 4),
         description="SRCNN 9-5-5 on the bicubic-upscaled luma (Dong et al. 2016)",
         trainable_only=True,

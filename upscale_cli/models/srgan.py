@@ -18,15 +18,24 @@ Training (Sec. 2.2): perceptual loss = VGG54 content loss + 1e-3 x adversarial l
 ``-log D(G(x))``; the trainer's ``perceptual`` and ``adversarial`` terms, with this
 discriminator or its own.
 
+leftthomas/SRGAN (``model.py``, commit b0323c6c) differs in two places, both kwargs here:
+its trunk ends in conv + PReLU instead of conv + BN (``body_tail="prelu"``), and its output is
+``(tanh(x) + 1) / 2`` (``tanh_output=True``: the paper's [-1, 1] HR range moved to 0..1).
+Model ``srgan-5b`` is that generator (5 blocks) at x2, x4 and x8, one file per scale.
+
 Keys (generator): ``head.0``, ``head.1`` (PReLU), ``body.{i}.{conv1,bn1,act,conv2,bn2}``,
-``body_tail.{0,1}``, ``upsample.{j}.{0,2}``, ``tail``.  No public weights (trainable only).
+``body_tail.{0,1}``, ``upsample.{j}.{0,2}``, ``tail``; :func:`convert_keys` reads leftthomas's
+``block1`` .. ``block8`` (old-format state dicts: ``num_batches_tracked`` is added).
+Model ``srgan`` (the paper's 16 blocks) has no public weights (trainable only).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .layers import (
@@ -63,22 +72,31 @@ class SRGANGenerator(nn.Module):
         scale: 2, 4 (the paper) or 8.
         blocks: residual blocks ``B`` (16).
         feats: filters (64).
+        body_tail: what follows the conv after the blocks: ``"bn"`` (Fig. 4) or ``"prelu"``
+            (leftthomas/SRGAN ``block7``).
+        tanh_output: return ``(tanh(y) + 1) / 2`` (leftthomas) instead of ``y``.
     """
 
-    def __init__(self, scale: int = 4, blocks: int = 16, feats: int = 64) -> None:
+    def __init__(
+        self, scale: int = 4, blocks: int = 16, feats: int = 64, body_tail: str = "bn", tanh_output: bool = False
+    ) -> None:
         super().__init__()
+        if body_tail not in ("bn", "prelu"):
+            raise ValueError(f"SRGAN body_tail is 'bn' or 'prelu', not {body_tail!r}")
         self.head = nn.Sequential(conv(3, feats, 9), nn.PReLU())
         self.body = nn.Sequential(*(ResidualBlockBN(feats) for _ in range(blocks)))
-        self.body_tail = nn.Sequential(conv(feats, feats), nn.BatchNorm2d(feats))
+        self.body_tail = nn.Sequential(conv(feats, feats), nn.BatchNorm2d(feats) if body_tail == "bn" else nn.PReLU())
         steps = doublings(scale, "SRGAN")
         self.upsample = nn.Sequential(
             *(nn.Sequential(conv(feats, 4 * feats), nn.PixelShuffle(2), nn.PReLU()) for _ in range(steps))
         )
         self.tail = conv(feats, 3, 9)
+        self.tanh_output = tanh_output
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.head(x)
-        return self.tail(self.upsample(self.body_tail(self.body(h)) + h))
+        y = self.tail(self.upsample(self.body_tail(self.body(h)) + h))
+        return (torch.tanh(y) + 1) / 2 if self.tanh_output else y
 
 
 class SRGANDiscriminator(nn.Module):
@@ -125,9 +143,43 @@ def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     return receptive_radius([*chain, ("conv", 4)], scale)  # 9x9 tail at HR
 
 
+def _leftthomas_key(key: str, blocks: int) -> str:
+    """leftthomas/SRGAN ``Generator`` key -> ours (``blocks`` residual blocks ``block2`` ..)."""
+    m = re.fullmatch(r"block(\d+)\.(.+)", key)
+    if m is None:
+        return key
+    i, rest = int(m[1]), m[2]
+    if i == 1:
+        return f"head.{rest}"
+    if i <= blocks + 1:
+        return f"body.{i - 2}.{rest.replace('prelu.', 'act.')}"
+    if i == blocks + 2:
+        return f"body_tail.{rest}"
+    up = re.fullmatch(r"(\d+)\.(conv|prelu)\.(.+)", rest)  # UpsampleBLock(conv, pixel_shuffle, prelu)
+    if up:
+        return f"upsample.{up[1]}.{0 if up[2] == 'conv' else 2}.{up[3]}"
+    return f"tail.{rest.split('.', 1)[1]}"  # the last conv of block8
+
+
+def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """leftthomas/SRGAN names to ours, with the ``num_batches_tracked`` that old state dicts
+    lack (eval-mode batch norm does not read it); other layouts unchanged."""
+    if "block1.0.weight" not in sd or "block2.conv1.weight" not in sd:
+        return sd
+    blocks = len([k for k in sd if re.fullmatch(r"block\d+\.conv1\.weight", k)])
+    out = {_leftthomas_key(k, blocks): v for k, v in sd.items()}
+    for key in [k for k in out if k.endswith(".running_var")]:
+        out.setdefault(key.replace("running_var", "num_batches_tracked"), torch.tensor(0))
+    return out
+
+
 def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
     steps = len(indices(sd, "upsample.", "0.weight"))
-    return {"blocks": len(indices(sd, "body.", "conv1.weight")), "feats": shape(sd, "head.0.weight")[0]}, 2**steps
+    prelu_tail = shape(sd, "body_tail.1.weight") == (1,) and "body_tail.1.running_mean" not in sd
+    kwargs: dict[str, Any] = {"blocks": len(indices(sd, "body.", "conv1.weight")), "feats": shape(sd, "head.0.weight")[0]}
+    if prelu_tail:  # leftthomas's network; its tanh output cannot be read off the weights
+        kwargs.update(body_tail="prelu", tanh_output=True)
+    return kwargs, 2**steps
 
 
 register_arch(
@@ -140,6 +192,7 @@ register_arch(
         fp16=True,
         matches=layout_matcher(("head.0.weight", "body.0.bn1.weight", "body_tail.1.weight", "tail.weight"), SRGANGenerator, _infer),
         infer_kwargs=_infer,
+        convert_keys=convert_keys,
         default_kwargs={"blocks": 16, "feats": 64},
     )
 )
@@ -152,5 +205,15 @@ register_model(
         scales=(2, 4, 8),
         description="SRGAN generator (SRResNet with batch norm) + discriminator, adversarial and VGG losses (Ledig et al. 2017); trainable, no public weights",
         trainable_only=True,
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="srgan-5b",
+        arch="srgan",
+        kwargs={"blocks": 5, "feats": 64, "body_tail": "prelu", "tanh_output": True},
+        scales=(2, 4, 8),
+        description="SRGAN generator with 5 residual blocks, leftthomas/SRGAN's weights (Ledig et al. 2017 variant)",
     )
 )
