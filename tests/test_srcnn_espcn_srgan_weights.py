@@ -263,7 +263,7 @@ def test_tiled_equals_whole_image(tmp_path: Path, name: str, layout: Layout) -> 
 
 def test_named_models() -> None:
     assert not get_spec("espcn-ycbcr").trainable_only and get_arch("espcn-ycbcr").convention == "rgb"
-    assert not get_spec("srgan-5b").trainable_only and get_spec("srgan-5b").scales == (4,)
+    assert not get_spec("srgan-5b").trainable_only and get_spec("srgan-5b").scales == (2, 4, 8)
     assert get_spec("srcnn").trainable_only  # the only public 9-1-5 file is untrained (below)
     srgan = get_arch("srgan").build(scale=4, **get_spec("srgan-5b").kwargs)
     assert sum(p.numel() for p in srgan.parameters()) == 734_092  # + 1,280 batch-norm statistics
