@@ -127,14 +127,23 @@ PARAMS: dict[str, tuple[int, bool, int | None, int]] = {
 # --- registry ------------------------------------------------------------------------------
 
 
-def test_every_family_is_listed_as_trainable_only() -> None:
+def test_every_family_is_registered_with_weights_or_as_trainable_only() -> None:
+    """A model with parameters either has weights in the manifest or says it has none."""
+    from upscale_cli.weights import load_manifest
+
+    listed = load_manifest()["models"]
     specs = {s.name: s for s in list_specs()}
     archs = {a.name for a in list_archs()}
     for name in (*FAMILIES, "drrn-b1u25", "ms-lapsrn", "mdsr-baseline"):
         assert name in specs, f"{name} is not registered"
-        assert specs[name].trainable_only, f"{name} must be trainable only"
         assert specs[name].arch in archs
-        assert "trainable, no public weights" in specs[name].description
+    for spec in specs.values():
+        if spec.trainable_only:
+            assert spec.name not in listed and "trainable, no public weights" in spec.description, spec.name
+        elif spec.name not in listed:
+            with torch.device("meta"):
+                net = get_arch(spec.arch).build(scale=spec.scales[0], **spec.kwargs)
+            assert not list(net.parameters()), f"{spec.name} has parameters but neither weights nor trainable_only"
     for family in FAMILIES:
         assert specs[family].arch == family
     assert get_spec("drrn-b1u9").name == "drrn" and get_spec("memnet-m6r6").name == "memnet"
