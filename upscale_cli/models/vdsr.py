@@ -156,3 +156,13 @@ register_model(
         description="VDSR: 20 conv layers on the bicubic-upscaled Y channel (Kim et al. 2016), the authors' model",
     )
 )
+
+register_model(
+    ModelSpec(
+        name="vdsr-pt",
+        arch="vdsr",
+        kwargs={"depth": 20, "feats": 64, "bias": False},
+        scales=(2, 3, 4),
+        description="VDSR without biases, twtygqyy/pytorch-vdsr's re-implementation and weights (Kim et al. 2016)",
+    )
+)
