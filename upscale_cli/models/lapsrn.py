@@ -57,6 +57,7 @@ from .layers import (
     he_init_,
     indices,
     layout_matcher,
+    matlab_filter,
     receptive_radius,
     shape,
 )
@@ -287,13 +288,6 @@ _TWTYGQYY = re.compile(r"convt_(?:F(\d+)\.(?:\d+\.)?cov_block\.(\d+)|([RI])(\d+)
 the feature upsampler last), ``convt_R{l}`` (residual), ``convt_I{l}`` (image upsampler)."""
 
 
-def _matlab_filter(value: Tensor) -> Tensor:
-    """A MatConvNet filter ``H x W x A x B`` (MATLAB drops trailing singleton dims) as
-    ``B x A x H x W``: PyTorch's order both for a conv (``A`` in, ``B`` out) and for a
-    ``vl_nnconvt`` transposed conv (``A`` out, ``B`` in)."""
-    return value.reshape(*value.shape, *[1] * (4 - value.dim())).permute(3, 2, 0, 1).contiguous()
-
-
 def _from_dagnn(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """The authors' MatConvNet params in our layout.  Their levels count down from the coarsest
     (``level{L}``, the first x2) to ``level1`` (the output): ``levels.{L - s}``."""
@@ -311,7 +305,7 @@ def _from_dagnn(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         else:
             module = f"convs.{int(index) - 1}" if level else f"block.{int(index) - 1}"
         prefix = f"levels.{top - int(level)}." if level else ""
-        tensor = _matlab_filter(value) if kind == "f" else value.reshape(-1)
+        tensor = matlab_filter(value) if kind == "f" else value.reshape(-1)
         out[f"{prefix}{module}.{'weight' if kind == 'f' else 'bias'}"] = tensor
     return out
 

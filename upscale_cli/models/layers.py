@@ -332,3 +332,10 @@ def layout_matcher(
         return ref.keys() == sd.keys() and all(tuple(ref[k].shape) == tuple(sd[k].shape) for k in ref)
 
     return matches
+
+
+def matlab_filter(value: Tensor) -> Tensor:
+    """A MATLAB / MatConvNet filter ``H x W x A x B`` (MATLAB drops trailing singleton dims) as
+    ``B x A x H x W``: PyTorch's order both for a conv (``A`` in, ``B`` out) and for a
+    ``vl_nnconvt`` transposed conv (``A`` out, ``B`` in)."""
+    return value.reshape(*value.shape, *[1] * (4 - value.dim())).permute(3, 2, 0, 1).contiguous()

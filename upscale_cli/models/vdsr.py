@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, shape
+from .layers import conv, he_init_, ilr_radius, indices, layout_matcher, matlab_filter, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 THETA = 0.01
@@ -106,11 +106,6 @@ _MATLAB = re.compile(r"model\.(weight|bias)\.(\d+)")
 _TWTYGQYY = re.compile(r"(input|output|residual_layer\.(\d+)\.conv)\.(weight|bias)")
 
 
-def _from_matlab(w: Tensor) -> Tensor:
-    """A MATLAB ``H x W x IN x OUT`` filter (trailing singleton dims dropped) as ``OUT x IN x H x W``."""
-    return w.reshape(*w.shape, *[1] * (4 - w.dim())).permute(3, 2, 0, 1).contiguous()
-
-
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """The official MATLAB model's and twtygqyy's layouts as ``convs.{i}``; others unchanged."""
     out: dict[str, Tensor] = {}
@@ -118,7 +113,7 @@ def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         for key, value in sd.items():
             if m := _MATLAB.fullmatch(key):
                 key = f"convs.{int(m[2]) - 1}.{m[1]}"
-                value = _from_matlab(value) if m[1] == "weight" else value.reshape(-1)
+                value = matlab_filter(value) if m[1] == "weight" else value.reshape(-1)
             out[key] = value
         return out
     if "input.weight" in sd and "residual_layer.0.conv.weight" in sd:
