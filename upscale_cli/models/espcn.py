@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import conv, has, receptive_radius, shape, shuffle_scale
+from .layers import conv, has, receptive_radius, rename_layout, shape, shuffle_scale
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
-from .srcnn import rename_layout
 
 # JFIF YCbCr in 0..1 (Nhat-Thanh utils/common.py rgb2ycbcr / ycbcr2rgb, "Intel IPP specific
 # for the JPEG codec"): Y = 0.299 R + 0.587 G + 0.114 B, Cb and Cr centred on 128/255.

@@ -339,3 +339,16 @@ def matlab_filter(value: Tensor) -> Tensor:
     ``B x A x H x W``: PyTorch's order both for a conv (``A`` in, ``B`` out) and for a
     ``vl_nnconvt`` transposed conv (``A`` out, ``B`` in)."""
     return value.reshape(*value.shape, *[1] * (4 - value.dim())).permute(3, 2, 0, 1).contiguous()
+
+
+def rename_layout(sd: dict[str, Tensor], renames: Mapping[str, str]) -> dict[str, Tensor]:
+    """``sd`` with each ``{old}.weight`` / ``{old}.bias`` renamed ``{new}.*`` when its keys are
+    exactly those of the ``renames`` modules (another repository's names for the same layers);
+    any other state dict unchanged."""
+    if set(sd) != {f"{old}.{p}" for old in renames for p in ("weight", "bias")}:
+        return sd
+    out = {}
+    for key, value in sd.items():
+        module, param = key.rsplit(".", 1)
+        out[f"{renames[module]}.{param}"] = value
+    return out

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, receptive_radius, shape
+from .layers import conv, receptive_radius, rename_layout, shape
 from .registry import Arch, ModelSpec, register_arch, register_model
 
 
@@ -44,19 +44,6 @@ class SRCNN(nn.Module):
         y = torch.relu(self.conv1(y))
         y = torch.relu(self.conv2(y))
         return self.conv3(y)
-
-
-def rename_layout(sd: dict[str, Tensor], renames: Mapping[str, str]) -> dict[str, Tensor]:
-    """``sd`` with each ``{old}.weight`` / ``{old}.bias`` renamed ``{new}.*`` when its keys are
-    exactly those of the ``renames`` modules (another repository's names for the same layers);
-    any other state dict unchanged."""
-    if set(sd) != {f"{old}.{p}" for old in renames for p in ("weight", "bias")}:
-        return sd
-    out = {}
-    for key, value in sd.items():
-        module, param = key.rsplit(".", 1)
-        out[f"{renames[module]}.{param}"] = value
-    return out
 
 
 _LORNATANG = {"features.0": "conv1", "map.0": "conv2", "reconstruction": "conv3"}
