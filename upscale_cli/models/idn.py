@@ -1,7 +1,7 @@
 """IDN: Hui, Wang, Gao, "Fast and Accurate Single Image Super-Resolution via Information
 Distillation Network", CVPR 2018.
 
-Three parts on the LR image (Fig. 2), LeakyReLU 0.05 after every conv:
+Three parts on the LR image (Fig. 2), LeakyReLU 0.05 after every conv but the last:
 
 * FBlock: two 3x3 convs, 64 filters;
 * ``n`` = 4 DBlocks, each an enhancement unit and a compression unit (Fig. 3):
@@ -13,13 +13,28 @@ Three parts on the LR image (Fig. 2), LeakyReLU 0.05 after every conv:
 * RBlock: a 17x17 transposed conv with stride ``scale`` to one channel, plus the bicubic
   upscaled input (global residual): ``y = deconv(F_n) + bicubic(x)``.
 
-Y channel, 0..1.  Keys: ``fblock.{0,1}``, ``dblocks.{i}.upper.{0,1,2}``,
-``dblocks.{i}.lower.{0,1,2}``, ``dblocks.{i}.compress``, ``upsample``.  553K parameters
-(the count the paper reports).  No public PyTorch weights (trainable only).
+The deconvolution is aligned as in the authors' Caffe release (Zheng222/IDN-Caffe): their
+``Deconvolution`` (kernel 17, stride ``s``, pad 8) gives ``s (h - 1) + 1`` pixels, and pixel ``i``
+of it is HR pixel ``i + s - 1``: ``test/test_IDN.m`` adds ``mycrop(im_b, s)`` (the bicubic ILR
+without its first ``s - 1`` rows and columns) and ``train/generate_train_IDN.m`` cuts the labels
+at the same offset (``locx = x + scale - 1``).  Here the transposed conv has padding
+``8 - (s - 1)`` and its output is cut to ``s h``: the same pixels, plus the ``s - 1`` top/left
+rows and columns the authors do not compute (inside the ``s``-pixel border the protocol
+shaves), from the same formula.  The ILR is the MATLAB bicubic of the LR (``imresize``),
+Y is BT.601 studio swing in 0..1 (MATLAB ``rgb2ycbcr`` / 255), as in both scripts.
+
+Keys: ``fblock.{0,1}``, ``dblocks.{i}.upper.{0,1,2}``, ``dblocks.{i}.lower.{0,1,2}``,
+``dblocks.{i}.compress``, ``upsample``; 552,769 parameters (the paper's 553K).
+:func:`convert_keys` reads the authors' Caffe models (one per scale, ``formats/caffe.py``
+keys): ``conv1``, ``conv2`` (FBlock), ``conv{3+i}_{1..6}`` (block ``i``'s upper and lower
+convs), ``down{1+i}`` (its compression unit) and ``upsample``, each ``.0`` weight and ``.1``
+bias; the Caffe blob layouts are PyTorch's (``Convolution`` ``(out, in/g, kh, kw)``,
+``Deconvolution`` ``(in, out/g, kh, kw)``), so only the names change.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..resize import imresize
-from .layers import conv, he_init_, indices, layout_matcher, receptive_radius, shape
+from .layers import conv, has, he_init_, indices, layout_matcher, receptive_radius, shape
 from .registry import Arch, ModelSpec, StateDict, register_arch, register_model
 
 SLOPE = 0.05
@@ -37,11 +52,13 @@ KERNEL = 17
 """Size of the RBlock's transposed conv."""
 
 
-def _tconv_padding(scale: int) -> tuple[int, int]:
-    """Padding and output padding of the 17x17 stride-``scale`` transposed conv so that the
-    output is ``scale`` times the input and as centred on the input pixels as an odd kernel allows."""
-    pad = KERNEL // 2 - (scale - 1) // 2
-    return pad, 2 * pad - KERNEL + scale
+def _tconv_padding(scale: int) -> int:
+    """Padding of the 17x17 stride-``scale`` transposed conv: the authors' Caffe pad 8, less the
+    ``scale - 1`` pixels by which their output is offset on the HR grid (module docstring)."""
+    pad = KERNEL // 2 - (scale - 1)
+    if pad < 0:
+        raise ValueError(f"IDN's {KERNEL}x{KERNEL} deconvolution reaches x{KERNEL // 2 + 1} at most, not x{scale}")
+    return pad
 
 
 def _lrelu(x: Tensor) -> Tensor:
@@ -89,8 +106,7 @@ class IDN(nn.Module):
         self.scale = scale
         self.fblock = nn.ModuleList([conv(1, feats), conv(feats, feats)])
         self.dblocks = nn.Sequential(*(DBlock(feats, d, groups) for _ in range(blocks)))
-        pad, out_pad = _tconv_padding(scale)
-        self.upsample = nn.ConvTranspose2d(feats, 1, KERNEL, stride=scale, padding=pad, output_padding=out_pad)
+        self.upsample = nn.ConvTranspose2d(feats, 1, KERNEL, stride=scale, padding=_tconv_padding(scale))
         he_init_(self, SLOPE)
         # the transposed conv starts at zero, so training starts from the bicubic image (a
         # random 17x17 transposed conv to one channel adds a large random residual)
@@ -101,13 +117,14 @@ class IDN(nn.Module):
         h = x
         for layer in self.fblock:
             h = _lrelu(layer(h))
-        return self.upsample(self.dblocks(h)) + imresize(x, scale=self.scale)
+        # s h + s - 1 rows come out; the last s - 1 lie beyond the image
+        residual = self.upsample(self.dblocks(h))[..., : self.scale * x.shape[-2], : self.scale * x.shape[-1]]
+        return residual + imresize(x, scale=self.scale)
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     trunk = 2 + 6 * kwargs.get("blocks", 4)  # FBlock, six 3x3 convs on the longest DBlock path
-    pad, _ = _tconv_padding(scale)
-    features = receptive_radius([("conv", trunk), ("tconv", KERNEL, scale, pad)], scale)
+    features = receptive_radius([("conv", trunk), ("tconv", KERNEL, scale, _tconv_padding(scale))], scale)
     return max(features, receptive_radius([("cubic", scale)], scale))
 
 
@@ -116,6 +133,35 @@ def _infer(sd: StateDict) -> tuple[dict[str, Any], int | None]:
     groups = shape(sd, "dblocks.0.upper.0.weight")[0] // shape(sd, "dblocks.0.upper.1.weight")[1]
     d = shape(sd, "dblocks.0.compress.weight")[1] - feats
     return {"blocks": len(indices(sd, "dblocks.", "compress.weight")), "feats": feats, "d": d, "groups": groups}, None
+
+
+_CAFFE = re.compile(r"(?:conv(?P<f>[12])|conv(?P<block>\d+)_(?P<conv>[1-6])|down(?P<down>\d+)|upsample)\.(?P<blob>[01])")
+
+
+def _caffe_module(m: re.Match[str]) -> str:
+    """Our module name of the authors' Caffe layer matched by :data:`_CAFFE`."""
+    if m["f"]:
+        return f"fblock.{int(m['f']) - 1}"
+    if m["block"]:
+        j = int(m["conv"]) - 1
+        return f"dblocks.{int(m['block']) - 3}.{('upper', 'lower')[j // 3]}.{j % 3}"
+    if m["down"]:
+        return f"dblocks.{int(m['down']) - 1}.compress"
+    return "upsample"
+
+
+def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The authors' Caffe layer names (module docstring) as ours; other layouts unchanged."""
+    if not has(sd, "conv1.0", "down1.0", "upsample.0"):
+        return sd
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if m := _CAFFE.fullmatch(key):
+            bias = m["blob"] == "1"
+            key = f"{_caffe_module(m)}.{'bias' if bias else 'weight'}"
+            value = value.reshape(-1) if bias else value  # a legacy blob is 4-D
+        out[key] = value
+    return out
 
 
 register_arch(
@@ -128,6 +174,7 @@ register_arch(
         fp16=True,
         matches=layout_matcher(("fblock.0.weight", "dblocks.0.compress.weight", "upsample.weight"), IDN, _infer),
         infer_kwargs=_infer,
+        convert_keys=convert_keys,
         default_kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},
     )
 )
@@ -138,7 +185,6 @@ register_model(
         arch="idn",
         kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},
         scales=(2, 3, 4),
-        description="IDN: information distillation blocks with slicing and 1x1 compression (Hui et al. 2018); trainable, no public weights",
-        trainable_only=True,
+        description="IDN: information distillation blocks with slicing and 1x1 compression (Hui et al. 2018), the authors' Caffe models",
     )
 )
