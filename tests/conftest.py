@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from loopback import Loopback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
@@ -53,3 +55,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))
+
+
+@pytest.fixture
+def server() -> Iterator[Loopback]:
+    """A loopback HTTP server (tests/loopback.py), closed after the test."""
+    srv = Loopback()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network allowed (``_isolated_cache`` sets HF_HUB_OFFLINE=1 for every test)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("UPSCALE_OFFLINE", raising=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,6 @@ from upscale_cli.errors import WeightsError
 from upscale_cli.loader import load_model
 from upscale_cli.models import create_model
 from upscale_cli.weights import FORMAT, read_checkpoint, save_weights
-
-
-@pytest.fixture
-def server() -> Iterator[Loopback]:
-    srv = Loopback()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("UPSCALE_OFFLINE", raising=False)
 
 
 def fsrcnn_file() -> tuple[bytes, dict[str, torch.Tensor]]:

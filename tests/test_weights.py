@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,20 +30,6 @@ from upscale_cli.weights import (
     save_weights,
     sha256_file,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[Loopback]:
-    srv = Loopback()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Network allowed (conftest sets HF_HUB_OFFLINE=1 for every test)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("UPSCALE_OFFLINE", raising=False)
 
 
 @pytest.fixture
