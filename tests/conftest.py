@@ -70,3 +70,15 @@ def online(monkeypatch: pytest.MonkeyPatch) -> None:
     """Network allowed (``_isolated_cache`` sets HF_HUB_OFFLINE=1 for every test)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("UPSCALE_OFFLINE", raising=False)
+
+
+def assert_tiled_equals_whole(model, image: torch.Tensor, atol: float = 1e-5, extra: int = 4, min_tiles: int = 2) -> None:
+    """Tiles of side ``2 * radius + extra`` overlapping by the model's receptive-field radius
+    give exactly the whole-image output (fp32, CPU), and the image really is cut in tiles."""
+    from upscale_cli.engine import Upscaler
+
+    whole = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * whole.radius + extra, tile_overlap=whole.radius)
+    assert tiled.plan(*image.shape[-2:]).count >= min_tiles
+    with torch.no_grad():
+        torch.testing.assert_close(tiled.upscale(image), whole.upscale(image), atol=atol, rtol=0)

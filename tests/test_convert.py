@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from loopback import Loopback
+from test_weights import entry_for, write_manifest
 from typer.testing import CliRunner
 
 from upscale_cli.cli import _group_app
@@ -32,26 +33,14 @@ def fsrcnn_file() -> tuple[bytes, dict[str, torch.Tensor]]:
 
 
 def entry(data: bytes, url: str, **extra: object) -> dict:
-    return {
-        "arch": "fsrcnn",
-        "kwargs": {"d": 56, "s": 12, "m": 4},
-        "file": "up.pth",
-        "format": "torch",
-        "sources": [{"url": url}],
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "license": "none stated",
-        "citation": "test",
-        **extra,
-    }
+    """A manifest entry (test_weights' shape) for weights published in another format."""
+    return entry_for(data, [{"url": url}], file="up.pth", format="torch", **extra)
 
 
 @pytest.fixture
 def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def make(e: dict) -> None:
-        path = tmp_path / "manifest.json"
-        path.write_text(json.dumps({"version": 1, "models": {"fsrcnn": {"2": e}}}), encoding="utf-8")
-        monkeypatch.setenv("UPSCALE_MANIFEST", str(path))
+        monkeypatch.setenv("UPSCALE_MANIFEST", str(write_manifest(tmp_path / "manifest.json", "fsrcnn", 2, e)))
 
     return make
 

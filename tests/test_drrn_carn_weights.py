@@ -22,10 +22,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CHECKPOINTS, need_shared
+from conftest import CHECKPOINTS, assert_tiled_equals_whole, need_shared
 from torch import Tensor
 
-from upscale_cli.engine import Upscaler
 from upscale_cli.formats import Checkpoint, read
 from upscale_cli.loader import load_model
 from upscale_cli.models import LoadedModel, create_model, detect_arch, get_arch
@@ -219,11 +218,7 @@ def test_drrn_without_batch_norm_tiles_exactly_and_trains() -> None:
 
 def assert_tiles_exactly(model: LoadedModel, h: int, w: int) -> None:
     rgb = lr_image(3, h, w, seed=5)[0]
-    whole = Upscaler(model, device="cpu", precision="fp32", tile=0)
-    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * whole.radius + 4, tile_overlap=whole.radius)
-    assert tiled.plan(h, w).count > 1
-    with torch.no_grad():
-        torch.testing.assert_close(tiled.upscale(rgb), whole.upscale(rgb), atol=1e-4, rtol=0)
+    assert_tiled_equals_whole(model, rgb, atol=1e-4)
 
 
 # --- CARN x2 ---------------------------------------------------------------------------------

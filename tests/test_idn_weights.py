@@ -14,10 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CHECKPOINTS, need_shared
+from conftest import CHECKPOINTS, assert_tiled_equals_whole, need_shared
 from torch import Tensor
 
-from upscale_cli.engine import Upscaler
 from upscale_cli.formats import read
 from upscale_cli.loader import load_model
 from upscale_cli.models import create_model, detect_arch, get_arch, get_spec
@@ -89,11 +88,7 @@ def test_tiled_equals_whole_image() -> None:
     model = load_model(weights=str(need_shared(CHECKPOINTS / "idn_x4.caffemodel")), scale=4)
     assert model.arch.name == "idn" and model.convention == "y"
     rgb = torch.cat([small_y(66, 62, seed=s)[0] for s in (7, 8, 9)])
-    whole = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(rgb)
-    overlap = Upscaler(model, device="cpu", precision="fp32", tile=0).radius
-    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * overlap + 4, tile_overlap=overlap)
-    assert tiled.plan(66, 62).count > 1
-    torch.testing.assert_close(tiled.upscale(rgb), whole, atol=1e-5, rtol=0)
+    assert_tiled_equals_whole(model, rgb)
 
 
 # --- without ../shared: a small IDN under the Caffe names -------------------------------------

@@ -25,12 +25,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CHECKPOINTS, need_shared
+from conftest import CHECKPOINTS, assert_tiled_equals_whole, need_shared
 from test_format_matlab import StructArray, write
 from test_models_zoo import _perturbation, _random_net, _reach
 from torch import Tensor, nn
 
-from upscale_cli.engine import Upscaler
 from upscale_cli.formats import Checkpoint
 from upscale_cli.formats import read as read_file
 from upscale_cli.loader import load_model
@@ -141,14 +140,10 @@ def loaded_net(path: Path, scale: int) -> nn.Module:
     return net.double().eval()
 
 
-def assert_tiled_equals_whole(path: Path, scale: int, h: int, w: int) -> None:
+def assert_file_tiles_exactly(path: Path, scale: int, h: int, w: int) -> None:
     model = load_model(weights=str(path), scale=scale)
     rgb = torch.cat([y_image(h, w, seed=s)[0] for s in (1, 2, 3)]).float()
-    whole = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(rgb)
-    overlap = Upscaler(model, device="cpu", precision="fp32", tile=0).radius
-    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * overlap + 4, tile_overlap=overlap)
-    assert tiled.plan(h, w).count > 1
-    torch.testing.assert_close(tiled.upscale(rgb), whole, atol=2e-5, rtol=0)
+    assert_tiled_equals_whole(model, rgb, atol=2e-5)
 
 
 # --- the authors' models (../shared) ------------------------------------------------------------
@@ -184,7 +179,7 @@ def test_authors_models_equal_their_dagnn_graph(name: str, scale: int) -> None:
 
 
 def test_authors_model_tiled_equals_whole_image() -> None:
-    assert_tiled_equals_whole(need_shared(CHECKPOINTS / "lapsrn_x2.mat"), 2, 36, 30)
+    assert_file_tiles_exactly(need_shared(CHECKPOINTS / "lapsrn_x2.mat"), 2, 36, 30)
 
 
 # --- small DagNN files written here ------------------------------------------------------------
@@ -293,7 +288,7 @@ def test_small_lapsrn_mat_is_read_converted_and_equals_its_graph(tmp_path: Path)
         ours = loaded_net(path, 8).forward_pyramid(x)
     for a, b in zip(ours, authors_pyramid(path, x, 8), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    assert_tiled_equals_whole(path, 8, 24, 20)
+    assert_file_tiles_exactly(path, 8, 24, 20)
 
 
 def test_small_mslapsrn_mat_runs_every_scale_with_one_set_of_weights(tmp_path: Path) -> None:
@@ -312,7 +307,7 @@ def test_small_mslapsrn_mat_runs_every_scale_with_one_set_of_weights(tmp_path: P
 
 def test_small_mslapsrn_tiled_equals_whole_image(tmp_path: Path) -> None:
     path = mslapsrn_mat(tmp_path / "MSLapSRN_small.mat", scales=(4,), depth=1, recursions=8, feats=4)
-    assert_tiled_equals_whole(path, 4, 40, 36)  # R = 8: what a plain file of MS-LapSRN runs with
+    assert_file_tiles_exactly(path, 4, 40, 36)  # R = 8: what a plain file of MS-LapSRN runs with
 
 
 # --- twtygqyy/pytorch-LapSRN (lapsrn.Net: no biases, 4x4 feature upsampler) ---------------------
@@ -426,7 +421,7 @@ def test_twtygqyy_variant_radius_is_its_receptive_field() -> None:
 def test_twtygqyy_variant_tiled_equals_whole_image(tmp_path: Path) -> None:
     path = tmp_path / "lapsrn_pt.pth"
     torch.save(twtygqyy_state_dict(), path)
-    assert_tiled_equals_whole(path, 4, 40, 36)
+    assert_file_tiles_exactly(path, 4, 40, 36)
 
 
 # --- the family's own layout and its defaults -------------------------------------------------------

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CHECKPOINTS, need_shared
+from conftest import CHECKPOINTS, assert_tiled_equals_whole, need_shared
 from torch import Tensor
 
-from upscale_cli.engine import Upscaler
 from upscale_cli.formats import read
 from upscale_cli.loader import load_model
 from upscale_cli.models import create_model, detect_arch, get_arch
@@ -85,11 +84,7 @@ def test_tiled_equals_whole_image(path: Path) -> None:
     model = load_model(weights=str(need_shared(path)), scale=2)
     assert model.arch.name == "vdsr"
     rgb = torch.cat([small_y(30, 26, seed=s)[0] for s in (7, 8, 9)])
-    whole = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(rgb)
-    overlap = Upscaler(model, device="cpu", precision="fp32", tile=0).radius
-    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * overlap + 4, tile_overlap=overlap)
-    assert tiled.plan(30, 26).count > 1
-    torch.testing.assert_close(tiled.upscale(rgb), whole, atol=1e-5, rtol=0)
+    assert_tiled_equals_whole(model, rgb)
 
 
 # --- twtygqyy/pytorch-vdsr layout (no biases) ------------------------------------------------
