@@ -13,6 +13,7 @@ import sys
 import typer
 
 from .commands import SUBCOMMANDS
+from .reporting import Terminated, install_signal_handlers, interrupt_exit_code
 
 _GROUP_HELP = """Image super-resolution from the command line.
 
@@ -44,9 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         args = ["--help"]  # a bare `upscale` shows the help (inputs, options, subcommands)
-    if args and args[0] in SUBCOMMANDS:
-        _group_app()(args, prog_name="upscale")
-    else:
-        from .commands.upscale import app as upscale_app
+    install_signal_handlers()
+    try:
+        if args[0] in SUBCOMMANDS:
+            _group_app()(args, prog_name="upscale")
+        else:
+            from .commands.upscale import app as upscale_app
 
-        upscale_app(args, prog_name="upscale")
+            upscale_app(args, prog_name="upscale")
+    except KeyboardInterrupt as exc:  # during start-up (imports), before a command's own handler
+        sys.stderr.write(("terminated" if isinstance(exc, Terminated) else "interrupted") + "\n")
+        sys.exit(interrupt_exit_code(exc))

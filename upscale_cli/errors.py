@@ -8,6 +8,7 @@ Exit codes (documented in the README):
 * 3 - weights unavailable: offline with nothing cached, every source failed,
   checksum mismatch, unreadable checkpoint (:class:`WeightsError`)
 * 130 - interrupted (Ctrl-C)
+* 143 - terminated (SIGTERM)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_WEIGHTS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class UpscaleError(Exception):

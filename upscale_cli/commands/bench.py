@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UpscaleError, UsageError
+from ..reporting import print_error
 
 if TYPE_CHECKING:
     from ..bench import Row
@@ -274,7 +274,7 @@ def bench(
         if plot_file is not None:
             plot(rows, plot_file)
     except UpscaleError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import UpscaleError, UsageError
+from ..reporting import print_error
 
 
 def _params(arch: Any, spec: Any) -> int:
@@ -155,7 +156,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _fail(err: UpscaleError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    print_error(str(err))
     return typer.Exit(err.exit_code)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..errors import EXIT_INTERRUPTED, UpscaleError
+from ..reporting import reported
 from ..train.config import TrainConfig, build_config, format_losses
 
 
@@ -114,17 +114,11 @@ def train(
         "vgg_weights": vgg_weights,
     }
     err = Console(stderr=True)
-    try:
+    with reported(interrupted_hint="continue with --resume (from the last checkpoint)"):
         cfg = build_config(flags, config)
         from ..train.loop import train as run_training
 
         result = run_training(cfg, console=err)
-    except UpscaleError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: continue with --resume (from the last checkpoint)", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     if result.export is not None:
         best = result.best
         val = f", {best['set']} PSNR {best['psnr']:.3f} dB / SSIM {best['ssim']:.4f} at step {best['step']}" if best else ""

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UpscaleError, UsageError
+from ..errors import EXIT_FAILED, EXIT_OK, UpscaleError, UsageError
+from ..reporting import reported
 
 DEFAULT_MODEL = "default"
 """Model used when ``--model`` is not given: the in-house network shipped inside the package
@@ -126,7 +127,7 @@ def upscale(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     console = Console(stderr=True, soft_wrap=True)
-    try:
+    with reported(verbose):
         code = _run(
             console,
             inputs=inputs, output=output, model=model, scale=scale, weights=weights, arch=arch,
@@ -136,14 +137,6 @@ def upscale(
             tile=tile, tile_overlap=tile_overlap, batch_size=batch_size, device=device,
             precision=precision, as_json=as_json, verbose=verbose, quiet=quiet,
         )
-    except UpscaleError as exc:
-        if verbose:
-            traceback.print_exc()
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        Console(stderr=True, soft_wrap=True).print("[yellow]interrupted[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
