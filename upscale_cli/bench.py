@@ -13,6 +13,12 @@ rows every SR paper prints):
    grey channel, ``scale`` px shaved, PSNR and SSIM);
 5. each row reports the mean over the set's images.
 
+An image with nothing left once shaved is refused (one line naming it and its size); one whose
+shaved size is under SSIM's 11x11 window keeps its PSNR, and has no SSIM (nor has its set's mean),
+with a note naming it.  PSNR is capped at 100 dB (:data:`upscale_cli.metrics.PSNR_MAX`), and
+undefined figures are ``None`` in :meth:`Row.to_dict`, so every output format holds only numbers
+and nulls.
+
 Sets are found by name under a data directory (``--data-dir``, ``$UPSCALE_DATA``, else
 ``$XDG_DATA_HOME/upscale-cli/datasets``), or given as a folder path.
 """
@@ -32,7 +38,7 @@ from torch import Tensor
 
 from .errors import InputError, UsageError
 from .io import Picture, read_image, write_image
-from .metrics import evaluate, quantize
+from .metrics import SSIM_WINDOW, evaluate, has_ssim, quantize, scored_size
 from .models.loaded import LoadedModel
 from .resize import imresize
 
@@ -141,10 +147,11 @@ def find_sets(specs: Sequence[str], data_dir: Path | None = None) -> list[BenchS
     return list(found.values())
 
 
-def read_8bit(path: Path) -> Tensor:
+def read_8bit(path: Path, max_pixels: int | None = None) -> Tensor:
     """An image's colour planes as exact 8-bit values / 255, float64 ``(C, H, W)``, C = 1 or 3
-    (alpha dropped; deeper images rounded to 8 bits, as the protocol's images are)."""
-    return quantize(read_image(path).color) / 255.0
+    (alpha dropped; deeper images rounded to 8 bits, as the protocol's images are); images over
+    ``max_pixels`` are refused (:func:`upscale_cli.io.read_image`: None = Pillow's limit, 0 = none)."""
+    return quantize(read_image(path, max_pixels).color) / 255.0
 
 
 def save_output(path: Path, image: Tensor) -> None:
@@ -161,22 +168,44 @@ class Pair:
     lr: Tensor
 
 
-def make_pair(bench_set: BenchSet, hr_path: Path, scale: int) -> Pair:
-    """HR cropped to a multiple of ``scale`` and its LR (the set's own, or the bicubic downscale)."""
-    hr = read_8bit(hr_path)
+def _require_scorable(hr_path: Path, hr: Tensor, h: int, w: int, scale: int) -> None:
+    """Refuse an HR image of which nothing is left to score once cropped to ``h x w`` and shaved."""
+    if min(scored_size(h, w, scale)) < 1:
+        raise InputError(
+            f"{hr_path}: {hr.shape[-1]}x{hr.shape[-2]} is too small to score at x{scale} "
+            f"(nothing is left of its {w}x{h} crop once {scale} px are shaved from each border)"
+        )
+
+
+def make_pair(bench_set: BenchSet, hr_path: Path, scale: int, max_pixels: int | None = None) -> Pair:
+    """HR cropped to a multiple of ``scale`` and its LR (the set's own, or the bicubic downscale).
+
+    Raises:
+        InputError: an unreadable image, an LR that does not fit, nothing left to score.
+    """
+    hr = read_8bit(hr_path, max_pixels)
     lr_path = bench_set.lr_path(hr_path, scale)
     if lr_path is not None:
-        lr = read_8bit(lr_path)
+        lr = read_8bit(lr_path, max_pixels)
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         if h > hr.shape[-2] or w > hr.shape[-1] or lr.shape[0] != hr.shape[0]:
             raise InputError(f"{lr_path}: {tuple(lr.shape)} does not fit x{scale} of {hr_path.name} {tuple(hr.shape)}")
+        _require_scorable(hr_path, hr, h, w, scale)
         return Pair(hr_path.name, hr[:, :h, :w].float(), lr.float())
     h, w = hr.shape[-2] - hr.shape[-2] % scale, hr.shape[-1] - hr.shape[-1] % scale
-    if h < scale or w < scale:
-        raise InputError(f"{hr_path}: {hr.shape[-1]}x{hr.shape[-2]} is too small for x{scale}")
+    _require_scorable(hr_path, hr, h, w, scale)
     hr = hr[:, :h, :w]
     lr = quantize(imresize(hr, size=(h // scale, w // scale))) / 255.0
     return Pair(hr_path.name, hr.float(), lr.float())
+
+
+def missing_ssim(pair: Pair, scale: int) -> str | None:
+    """Why ``pair`` has no SSIM at ``scale`` (its scored size is under the window), or None."""
+    h, w = pair.hr.shape[-2:]
+    if has_ssim(h, w, scale):
+        return None
+    sh, sw = scored_size(h, w, scale)
+    return f"{sw}x{sh} px are scored at x{scale}, under SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window"
 
 
 Runner = Callable[[Tensor], Tensor]
@@ -194,6 +223,11 @@ def super_resolve(run: Runner, lr: Tensor) -> Tensor:
 def throughput(pixels: int, seconds: float) -> float:
     """Output megapixels per second."""
     return pixels / seconds / 1e6 if seconds > 0 else math.inf
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None where it is NaN or infinite (JSON has no such numbers)."""
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -236,17 +270,18 @@ class Row:
         return throughput(self.output_pixels, self.total_seconds)
 
     def to_dict(self) -> dict[str, object]:
+        """The row as plain values; undefined figures (NaN, infinite) are None."""
         return {
             "model": self.model,
             "scale": self.scale,
             "set": self.set,
             "images": self.images,
-            "psnr": self.psnr,
-            "ssim": self.ssim,
-            "seconds": self.seconds,
+            "psnr": _finite(self.psnr),
+            "ssim": _finite(self.ssim),
+            "seconds": _finite(self.seconds),
             "params": self.params,
-            "mp_per_s": self.megapixels_per_second,
-            "per_image": self.per_image,
+            "mp_per_s": _finite(self.megapixels_per_second),
+            "per_image": {name: {k: _finite(v) for k, v in vals.items()} for name, vals in self.per_image.items()},
         }
 
 
@@ -267,10 +302,17 @@ def _slug(name: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", name).strip("_.") or "_"
 
 
-def iter_pairs(sets: Sequence[BenchSet], scale: int) -> Iterator[tuple[BenchSet, Pair]]:
+def iter_pairs(
+    sets: Sequence[BenchSet], scale: int, max_pixels: int | None = None, note: Callable[[str], None] | None = None
+) -> Iterator[tuple[BenchSet, Pair]]:
+    """Every image's pair at ``scale``; ``note`` hears of each one that has no SSIM."""
     for bench_set in sets:
         for hr_path in bench_set.hr:
-            yield bench_set, make_pair(bench_set, hr_path, scale)
+            pair = make_pair(bench_set, hr_path, scale, max_pixels)
+            why = missing_ssim(pair, scale)
+            if note is not None and why is not None:
+                note(f"{hr_path}: {why}: no SSIM for it nor for the mean of {bench_set.name}; PSNR is reported")
+            yield bench_set, pair
 
 
 def run_bench(
@@ -280,19 +322,24 @@ def run_bench(
     *,
     save_dir: Path | None = None,
     advance: Callable[[], None] | None = None,
+    max_pixels: int | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[Row]:
     """Benchmark every contestant of ``load(scale)`` on every image of ``sets`` at each scale.
 
-    Each image is read and downscaled once per scale; ``advance`` is called after each image
-    and model.  Rows come ordered by scale, then model, then set.
+    Each image is read (refused over ``max_pixels``: None = Pillow's limit, 0 = none) and
+    downscaled once per scale; ``advance`` is called after each image and model, ``note`` with
+    each image that has no SSIM.  Rows come ordered by scale, then model, then set.
     """
     rows: list[Row] = []
     for scale in scales:
         contestants = load(scale)
         table = {
-            (i, s.name): Row(c.model.name, scale, s.name, c.model.params) for i, c in enumerate(contestants) for s in sets
+            (i, s.name): Row(c.model.name, scale, s.name, c.model.params)
+            for i, c in enumerate(contestants)
+            for s in sets
         }
-        for bench_set, pair in iter_pairs(sets, scale):
+        for bench_set, pair in iter_pairs(sets, scale, max_pixels, note):
             for i, c in enumerate(contestants):
                 start = time.perf_counter()
                 sr = super_resolve(c.run, pair.lr)

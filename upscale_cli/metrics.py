@@ -11,10 +11,20 @@ The protocol (Timofte et al., Dong et al., Lim et al.; the numbers every SR pape
    sigma 1.5, K1 = 0.01, K2 = 0.03, L = 255, the mean of the SSIM map over the *valid* window
    positions) are computed per image, in float64, and averaged over images by the caller.
 
+Two edges the protocol leaves open are settled here, the same for every caller and output:
+
+* PSNR is capped at :data:`PSNR_MAX` (100 dB): identical images (a flat test image upscaled
+  exactly) would give ``inf``, which no JSON can hold;
+* SSIM is undefined (NaN) where the shaved image is smaller than the 11x11 window, as in Wang's
+  reference ``ssim_index.m``, which returns ``-Inf`` below 11x11: a smaller window would print
+  a figure that is not comparable with the published ones.  PSNR is still defined there.
+
 Every function is batched over leading dimensions and runs on any device.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -22,6 +32,10 @@ from torch import Tensor
 from .color import rgb_to_y
 
 DATA_RANGE = 255.0
+PSNR_MAX = 100.0
+"""Ceiling of :func:`psnr` in dB, reached by identical images (``inf`` uncapped)."""
+SSIM_WINDOW = 11
+"""Side of the protocol's Gaussian SSIM window; smaller (shaved) images have no SSIM."""
 
 
 def quantize(x: Tensor) -> Tensor:
@@ -55,11 +69,12 @@ def shave(x: Tensor, border: int) -> Tensor:
 def psnr(a: Tensor, b: Tensor, data_range: float = DATA_RANGE) -> Tensor:
     """Peak signal-to-noise ratio in dB over the last three dimensions (one value per image).
 
-    ``10 * log10(data_range^2 / mean((a - b)^2))``; identical images give ``inf``.
+    ``10 * log10(data_range^2 / mean((a - b)^2))``, capped at :data:`PSNR_MAX` (identical
+    images give 100 dB, not ``inf``).
     """
     diff = a.double() - b.double()
     mse = diff.pow(2).mean(dim=(-3, -2, -1))
-    return 10.0 * torch.log10(data_range**2 / mse)
+    return (10.0 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_MAX)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> list[float]:
@@ -82,7 +97,7 @@ def ssim(
     a: Tensor,
     b: Tensor,
     data_range: float = DATA_RANGE,
-    window: int = 11,
+    window: int = SSIM_WINDOW,
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
@@ -116,6 +131,16 @@ def ssim(
     return smap.mean(dim=(-2, -1)).reshape(*lead, c).mean(dim=-1)
 
 
+def scored_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """``(height, width)`` of a ground truth of that size once ``scale`` px are shaved per border."""
+    return max(0, height - 2 * scale), max(0, width - 2 * scale)
+
+
+def has_ssim(height: int, width: int, scale: int) -> bool:
+    """Does the protocol define SSIM for a ground truth of this size at ``scale``?"""
+    return min(scored_size(height, width, scale)) >= SSIM_WINDOW
+
+
 def evaluate(sr: Tensor, hr: Tensor, scale: int) -> tuple[Tensor, Tensor]:
     """Score super-resolved images against their ground truth by the full protocol.
 
@@ -125,10 +150,18 @@ def evaluate(sr: Tensor, hr: Tensor, scale: int) -> tuple[Tensor, Tensor]:
         scale: the SR scale; that many pixels are shaved from each border.
 
     Returns:
-        ``(psnr, ssim)``, float64 tensors of shape ``(...)`` (0-d for one image).
+        ``(psnr, ssim)``, float64 tensors of shape ``(...)`` (0-d for one image); ``ssim`` is NaN
+        when the shaved image is smaller than the window (:func:`has_ssim`).
+
+    Raises:
+        ValueError: shapes differ, or nothing is left once the borders are shaved.
     """
     if sr.shape != hr.shape:
         raise ValueError(f"evaluate: output {tuple(sr.shape)} and ground truth {tuple(hr.shape)} differ")
+    height, width = hr.shape[-2:]
+    if min(scored_size(height, width, scale)) < 1:
+        raise ValueError(f"evaluate: {width}x{height} leaves nothing to score once {scale} px are shaved per border")
     a = shave(to_eval_channel(quantize(sr)), scale)
     b = shave(to_eval_channel(quantize(hr)), scale)
-    return psnr(a, b), ssim(a, b)
+    p = psnr(a, b)
+    return p, ssim(a, b) if has_ssim(height, width, scale) else torch.full_like(p, math.nan)

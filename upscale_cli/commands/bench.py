@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UpscaleError, UsageError
-from ..reporting import print_error
+from ..errors import UsageError
+from ..reporting import reported
 
 if TYPE_CHECKING:
     from ..bench import Row
@@ -65,7 +65,8 @@ def pair_weights(models: Sequence[str], weights: Sequence[str]) -> list[tuple[st
 
 
 def _fmt(value: float, digits: int) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    """``value`` to ``digits`` decimals; ``-`` where it is undefined (NaN) or infinite, as ``null`` in JSON."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "-"
 
 
 def _grouped(rows: Sequence[Row]) -> tuple[list[str], list[tuple[str, int, dict[str, Row]]]]:
@@ -102,11 +103,14 @@ def table_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def rich_table(header: list[str], body: list[list[str]]) -> Table:
+    """The cells as a rich table, as plain text (set and model names may hold ``[...]``)."""
+    from rich.text import Text
+
     table = Table(title="PSNR (dB) / SSIM on Y, standard protocol")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(Text(name), justify="left" if i == 0 else "right")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(Text(cell) for cell in cells))
     return table
 
 
@@ -182,6 +186,7 @@ def run(
     precision: str,
     tile: str,
     save_images: Path | None,
+    max_pixels: int | None,
     console: Console,
 ) -> list[Row]:
     """Benchmark ``entries`` (model name, weights) with a progress bar on ``console``."""
@@ -211,9 +216,17 @@ def run(
 
     total = len(scales) * len(entries) * sum(len(b.hr) for b in bench_sets)
     columns = (TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("bench", total=total)
-        return run_bench(bench_sets, scales, load, save_dir=save_images, advance=lambda: progress.advance(task))
+        return run_bench(
+            bench_sets,
+            scales,
+            load,
+            save_dir=save_images,
+            advance=lambda: progress.advance(task),
+            max_pixels=max_pixels,
+            note=lambda text: progress.console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True),
+        )
 
 
 def bench(
@@ -237,6 +250,9 @@ def bench(
     ),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the bicubic row."),
     save_images: Path = typer.Option(None, "--save-images", help="Write outputs to DIR/SET/xS/MODEL/NAME.png."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help="Refuse larger images (default: Pillow's limit; 0 = none)."
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the result to FILE instead of stdout."),
     plot_file: Path = typer.Option(
@@ -250,7 +266,9 @@ def bench(
     over images.  bicubic is always a row unless --no-baseline.
     """
     err = Console(stderr=True)
-    try:
+    with reported():
+        if max_pixels is not None and max_pixels < 0:
+            raise UsageError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
         if fmt not in FORMATS:
             raise UsageError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
         if plot_file is not None:
@@ -260,7 +278,13 @@ def bench(
             entries.insert(0, (BASELINE, None))
         if not entries:
             raise UsageError("nothing to benchmark: name a --model (or drop --no-baseline)")
-        options = {"data_dir": data_dir, "device": device, "precision": precision, "tile": tile}
+        options = {
+            "data_dir": data_dir,
+            "device": device,
+            "precision": precision,
+            "tile": tile,
+            "max_pixels": max_pixels,
+        }
         rows = run(sets, entries, parse_scales(scale), save_images=save_images, console=err, **options)
         if output is not None:
             from ..weights import atomic_path
@@ -273,9 +297,6 @@ def bench(
             typer.echo(render(rows, fmt), nl=False)
         if plot_file is not None:
             plot(rows, plot_file)
-    except UpscaleError as exc:
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
 
 
 def register(app: typer.Typer) -> None:

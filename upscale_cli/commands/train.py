@@ -26,59 +26,106 @@ def _default(name: str) -> str:
 
 
 def train(
-    model: str | None = typer.Option(None, "--model", "-m", help="Model name or architecture family (see `upscale models`)."),
-    scale: str | None = typer.Option(None, "--scale", "-s", help="Scale, or scales for a multi-scale net (2,3,4) (default: the model's own)."),
-    data: list[Path] | None = typer.Option(None, "--data", help="Folder (searched recursively) or file of HR training images; repeatable."),
-    val_set: str | None = typer.Option(None, "--val-set", help="Validation set: Set5, Set14, B100, ... under --data-dir, or a folder."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the test sets by name (default: $UPSCALE_DATA)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model name or architecture family (see `upscale models`)."
+    ),
+    scale: str | None = typer.Option(
+        None, "--scale", "-s", help="Scale, or scales for a multi-scale net (2,3,4) (default: the model's own)."
+    ),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Folder (searched recursively) or file of HR training images; repeatable."
+    ),
+    val_set: str | None = typer.Option(
+        None, "--val-set", help="Validation set: Set5, Set14, B100, ... under --data-dir, or a folder."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Folder holding the test sets by name (default: $UPSCALE_DATA)."
+    ),
     loss: str | None = typer.Option(
         None,
         "--loss",
-        help="Weighted terms name[:variant]=w among l1, mse, charbonnier, perceptual[:vgg16_relu2_2|vgg19_relu5_4|vgg19_conv5_4], "
-        "texture, highpass, adversarial[:ragan|gan]." + _default("loss"),
+        help="Weighted terms name[:variant]=w among l1, mse, charbonnier, "
+        "perceptual[:vgg16_relu2_2|vgg19_relu5_4|vgg19_conv5_4], texture, highpass, adversarial[:ragan|gan]."
+        + _default("loss"),
     ),
-    patch_size: int | None = typer.Option(None, "--patch-size", help="LR patch side in pixels." + _default("patch_size")),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Patches per step, over all processes." + _default("batch_size")),
+    patch_size: int | None = typer.Option(
+        None, "--patch-size", help="LR patch side in pixels." + _default("patch_size")
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Patches per step, over all processes." + _default("batch_size")
+    ),
     steps: int | None = typer.Option(None, "--steps", help="Optimisation steps." + _default("steps")),
     stop_at: int | None = typer.Option(
-        None, "--stop-at", help="Stop after step N of the --steps schedule (checkpointed and validated); --resume goes on from there."
+        None,
+        "--stop-at",
+        help="Stop after step N of the --steps schedule (checkpointed and validated); --resume goes on from there.",
     ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate." + _default("lr")),
     optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd." + _default("optimizer")),
-    schedule: str | None = typer.Option(None, "--schedule", help="cosine, step (halved at 20/40/60/80 %) or none." + _default("schedule")),
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="cosine, step (halved at 20/40/60/80 %) or none." + _default("schedule")
+    ),
     warmup: int | None = typer.Option(None, "--warmup", help="Linear warm-up steps." + _default("warmup")),
     grad_clip: float | None = typer.Option(
-        None, "--grad-clip", help="Gradient clipping: the global L2 norm, or theta in adjustable mode; 0 = off." + _default("grad_clip")
+        None,
+        "--grad-clip",
+        help="Gradient clipping: the global L2 norm, or theta in adjustable mode; 0 = off." + _default("grad_clip"),
     ),
     grad_clip_mode: str | None = typer.Option(
         None,
         "--grad-clip-mode",
-        help="norm (global L2 norm <= --grad-clip) or adjustable (VDSR: each component within +-theta/lr)." + _default("grad_clip_mode"),
+        help="norm (global L2 norm <= --grad-clip) or adjustable (VDSR: each component within +-theta/lr)."
+        + _default("grad_clip_mode"),
     ),
     deep_supervision: bool | None = typer.Option(
         None,
         "--deep-supervision/--no-deep-supervision",
-        help="Supervise every intermediate output the paper does (DRCN, MemNet multi-supervised, CMSC: each prediction; "
-        "LapSRN: each pyramid level) (default: on for those networks).",
+        help="Supervise every intermediate output the paper does (DRCN, MemNet multi-supervised, CMSC: "
+        "each prediction; LapSRN: each pyramid level) (default: on for those networks).",
     ),
     discriminator: str | None = typer.Option(
-        None, "--discriminator", help="GAN mode: vgg (ESRGAN) or srgan (Ledig et al., 96 px HR patches)." + _default("discriminator")
+        None,
+        "--discriminator",
+        help="GAN mode: vgg (ESRGAN) or srgan (Ledig et al., 96 px HR patches)." + _default("discriminator"),
     ),
-    ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights (validated and exported); 0 = off." + _default("ema")),
-    precision: str | None = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 (autocast)." + _default("precision")),
+    ema: float | None = typer.Option(
+        None, "--ema", help="EMA decay of the weights (validated and exported); 0 = off." + _default("ema")
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="auto, fp32, bf16 or fp16 (autocast)." + _default("precision")
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps." + _default("device")),
-    workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes (default: 0 on <= 2 cores, else half the cores)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder: checkpoint, log, model.safetensors, model.json (default: runs/MODEL-xS)."),
-    resume: bool | None = typer.Option(None, "--resume", help="Continue the run in --out from its last checkpoint."),
-    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps; 0 = off." + _default("val_every")),
-    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps." + _default("save_every")),
-    seed: int | None = typer.Option(None, "--seed", help="Seed: data, init and losses reproducible (deterministic kernels) (default: random)."),
-    tensorboard: bool | None = typer.Option(None, "--tensorboard", help="Write TensorBoard logs to OUT/tensorboard (needs tensorboard)."),
-    init: str | None = typer.Option(None, "--init", help="Start from pretrained weights: a model name of the manifest, or a file/URL."),
-    vgg_weights: Path | None = typer.Option(
-        None, "--vgg-weights", help="torchvision VGG weights (file or folder) for perceptual/texture (default: $UPSCALE_VGG_WEIGHTS, then the torch hub cache)."
+    workers: int | None = typer.Option(
+        None, "--workers", help="DataLoader worker processes (default: 0 on <= 2 cores, else half the cores)."
     ),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with the same keys; flags given here override it."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder: checkpoint, log, model.safetensors, model.json (default: runs/MODEL-xS)."
+    ),
+    resume: bool | None = typer.Option(None, "--resume", help="Continue the run in --out from its last checkpoint."),
+    val_every: int | None = typer.Option(
+        None, "--val-every", help="Validate every N steps; 0 = off." + _default("val_every")
+    ),
+    save_every: int | None = typer.Option(
+        None, "--save-every", help="Checkpoint every N steps." + _default("save_every")
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed: data, init and losses reproducible (deterministic kernels) (default: random)."
+    ),
+    tensorboard: bool | None = typer.Option(
+        None, "--tensorboard", help="Write TensorBoard logs to OUT/tensorboard (needs tensorboard)."
+    ),
+    init: str | None = typer.Option(
+        None, "--init", help="Start from pretrained weights: a model name of the manifest, or a file/URL."
+    ),
+    vgg_weights: Path | None = typer.Option(
+        None,
+        "--vgg-weights",
+        help="torchvision VGG weights (file or folder) for perceptual/texture "
+        "(default: $UPSCALE_VGG_WEIGHTS, then the torch hub cache).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file with the same keys; flags given here override it."
+    ),
 ) -> None:
     """Train a zoo network (same code as inference) and export OUT/model.safetensors + model.json."""
     flags: dict[str, Any] = {
@@ -113,7 +160,7 @@ def train(
         "init": init,
         "vgg_weights": vgg_weights,
     }
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
     with reported(interrupted_hint="continue with --resume (from the last checkpoint)"):
         cfg = build_config(flags, config)
         from ..train.loop import train as run_training
@@ -121,11 +168,16 @@ def train(
         result = run_training(cfg, console=err)
     if result.export is not None:
         best = result.best
-        val = f", {best['set']} PSNR {best['psnr']:.3f} dB / SSIM {best['ssim']:.4f} at step {best['step']}" if best else ""
+        val = (
+            f", {best['set']} PSNR {best['psnr']:.3f} dB / SSIM {best['ssim']:.4f} at step {best['step']}"
+            if best
+            else ""
+        )
         err.print(
             f"done: {result.step} steps, {result.steps_per_second:.2f} steps/s ({result.precision}), "
             f"{100 * result.data_wait_share:.1f} % of step time waiting for data{val}; "
             f"weights: {result.out_dir / result.export['file']}",
+            markup=False,  # the run folder's name may hold [...]
             highlight=False,
         )
 

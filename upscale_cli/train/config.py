@@ -30,7 +30,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is the package tomllib was taken from (PEP 680), same API
+    import tomli as tomllib
 
 from ..errors import UsageError
 
@@ -283,7 +286,12 @@ def _check(cfg: TrainConfig) -> None:
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"--{key.replace('_', '-')}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    positive = {"patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "steps": cfg.steps, "log_every": cfg.log_every}
+    positive = {
+        "patch_size": cfg.patch_size,
+        "batch_size": cfg.batch_size,
+        "steps": cfg.steps,
+        "log_every": cfg.log_every,
+    }
     for key, value in positive.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"--{key.replace('_', '-')}: expected a positive integer, got {value!r}")
@@ -300,7 +308,9 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad-clip: expected a number >= 0 (0 = off), got {cfg.grad_clip!r}")
     if cfg.grad_clip_mode == "adjustable" and not cfg.grad_clip > 0:
-        raise UsageError("--grad-clip-mode adjustable: give theta with --grad-clip (e.g. 0.01, VDSR's bound 0.1 at lr 0.1)")
+        raise UsageError(
+            "--grad-clip-mode adjustable: give theta with --grad-clip (e.g. 0.01, VDSR's bound 0.1 at lr 0.1)"
+        )
     if cfg.deep_supervision not in (None, True, False):
         raise UsageError(f"deep_supervision: expected true or false, got {cfg.deep_supervision!r}")
     if not 0 <= cfg.ema < 1:
@@ -308,7 +318,7 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.seed is not None and (not isinstance(cfg.seed, int) or cfg.seed < 0):
         raise UsageError(f"--seed: expected an integer >= 0, got {cfg.seed!r}")
     if cfg.channels_last not in ("auto", True, False):
-        raise UsageError(f"channels_last: expected \"auto\", true or false, got {cfg.channels_last!r}")
+        raise UsageError(f'channels_last: expected "auto", true or false, got {cfg.channels_last!r}')
 
 
 def build_config(flags: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
@@ -335,4 +345,3 @@ def build_config(flags: Mapping[str, Any], config_file: str | Path | None = None
         raise UsageError(f"bad training options: {err}") from None
     _check(cfg)
     return cfg
-

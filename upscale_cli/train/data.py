@@ -111,7 +111,9 @@ class ImageStore:
         threads: decoding threads (Pillow releases the GIL while decoding).
     """
 
-    def __init__(self, paths: Sequence[str | Path], cache_dir: str | Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[str | Path], cache_dir: str | Path | None = None, threads: int | None = None
+    ) -> None:
         self.files = list_images(paths)
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
@@ -159,10 +161,14 @@ class PatchDataset(Dataset[tuple[Tensor | None, Tensor]]):
         self.seed = seed
         self.degradation = degradation
         side = patch_size * max(self.scales)
-        counts = np.array([max(0, a.shape[0] - side + 1) * max(0, a.shape[1] - side + 1) for a in self.images], dtype=np.float64)
+        counts = np.array(
+            [max(0, a.shape[0] - side + 1) * max(0, a.shape[1] - side + 1) for a in self.images], dtype=np.float64
+        )
         self.skipped = int((counts == 0).sum())
         if not counts.any():
-            raise UsageError(f"no training image is at least {side}x{side} (patch {patch_size} x scale {max(self.scales)})")
+            raise UsageError(
+                f"no training image is at least {side}x{side} (patch {patch_size} x scale {max(self.scales)})"
+            )
         self._cum = np.cumsum(counts / counts.sum())
 
     def __len__(self) -> int:  # samples are indexed by their global number; the sampler bounds it
@@ -231,7 +237,14 @@ class StepSampler(Sampler[list[int]]):
 
 
 def make_loader(
-    dataset: PatchDataset, start: int, stop: int, *, rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False
+    dataset: PatchDataset,
+    start: int,
+    stop: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader[tuple[Tensor | None, Tensor]]:
     """A DataLoader yielding the batches of steps ``start .. stop-1`` for this process."""
     sampler = StepSampler(start, stop, dataset.batch_size, rank, world)

@@ -83,8 +83,8 @@ def make_discriminator(kind: str, hr_patches: Sequence[int]) -> nn.Module:
     if kind == "srgan":
         if set(hr_patches) != {SRGAN_PATCH}:
             raise UsageError(
-                f"--discriminator srgan takes {SRGAN_PATCH}x{SRGAN_PATCH} HR patches (patch-size x scale), not {sizes}: "
-                "use --patch-size 24 at x4 or 48 at x2, or --discriminator vgg"
+                f"--discriminator srgan takes {SRGAN_PATCH}x{SRGAN_PATCH} HR patches (patch-size x scale), "
+                f"not {sizes}: use --patch-size 24 at x4 or 48 at x2, or --discriminator vgg"
             )
         return SRGANDiscriminator(patch_size=SRGAN_PATCH)
     if kind != "vgg":

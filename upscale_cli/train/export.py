@@ -84,7 +84,9 @@ def export_model(
     return info
 
 
-def manifest_entry(info: Mapping[str, Any], scale: int, sources: Sequence[Mapping[str, Any]], file: str | None = None) -> dict[str, Any]:
+def manifest_entry(
+    info: Mapping[str, Any], scale: int, sources: Sequence[Mapping[str, Any]], file: str | None = None
+) -> dict[str, Any]:
     """The ``weights_manifest.json`` entry (``models[name][str(scale)]``) for exported weights.
 
     Args:

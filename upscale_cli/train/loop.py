@@ -75,6 +75,7 @@ from .checkpoint import (
     FILENAME,
     load_checkpoint,
     remove_stale_temporaries,
+    require_writable_folder,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -222,10 +223,13 @@ class Trainer:
         self.seed = int(ddp.broadcast(seed, ctx))
         _seed_all(self.seed)
         luma = self.choice.arch.convention == "y"
-        self.objective = Objective(cfg.loss, cfg.vgg_weights, luma=luma).to(self.device)  # fails fast without VGG weights
+        # fails fast without VGG weights
+        self.objective = Objective(cfg.loss, cfg.vgg_weights, luma=luma).to(self.device)
 
         self.store = ImageStore(cfg.data, cfg.cache_dir)
-        self.dataset = PatchDataset(self.store, self.choice.scales, cfg.patch_size, cfg.batch_size, self.seed, cfg.degradation)
+        self.dataset = PatchDataset(
+            self.store, self.choice.scales, cfg.patch_size, cfg.batch_size, self.seed, cfg.degradation
+        )
 
         self.net = create_model(cfg.model, self.choice.scales[0], **cfg.model_kwargs)
         if not any(p.requires_grad for p in self.net.parameters()):
@@ -269,13 +273,16 @@ class Trainer:
             self.vset = load_validation_set(cfg.val_set, cfg.data_dir, self.choice.scales)
         self.reporter: Reporter | None = None
         if ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out)
             truncate_log(self.out / LOG_NAME, self.step)
-            self.reporter = Reporter(self.out, self.step, cfg.steps, tensorboard=cfg.tensorboard, log_every=cfg.log_every, console=console)
+            self.reporter = Reporter(
+                self.out, self.step, cfg.steps, tensorboard=cfg.tensorboard, log_every=cfg.log_every, console=console
+            )
             self._describe()
             if self.precision.unsafe:
-                self.reporter.note(f"warning: {self.choice.arch.name} is not marked safe in {self.precision.name}; fp32 is")
+                self.reporter.note(
+                    f"warning: {self.choice.arch.name} is not marked safe in {self.precision.name}; fp32 is"
+                )
             if saved is not None and saved["data"]["fingerprint"] != self.store.fingerprint():
                 self.reporter.note(f"warning: the training images differ from those of {self.ckpt_path}")
 
@@ -287,6 +294,7 @@ class Trainer:
             raise UsageError(f"{self.ckpt_path}: no checkpoint to resume from (drop --resume to start a new run)")
         if not self.cfg.resume and exists:
             raise UsageError(f"{self.ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+        require_writable_folder(self.out)
 
     def _check_resumable(self, saved: dict[str, Any]) -> None:
         before, now = saved["config"], self.cfg.to_dict()
@@ -302,7 +310,9 @@ class Trainer:
         if self.cfg.seed is not None and self.cfg.seed != saved["seed"]:
             raise UsageError(f"{self.ckpt_path}: that run used --seed {saved['seed']}, not {self.cfg.seed}")
         if (self.cfg.ema > 0) != (saved["ema"] is not None):
-            raise UsageError(f"{self.ckpt_path}: --ema must stay {'on' if saved['ema'] is not None else 'off'} on resume")
+            raise UsageError(
+                f"{self.ckpt_path}: --ema must stay {'on' if saved['ema'] is not None else 'off'} on resume"
+            )
 
     def _check_patch_multiple(self) -> None:
         """Deeply-supervised outputs are not padded (the final one is cropped back at inference
@@ -310,7 +320,9 @@ class Trainer:
         c = self.choice
         multiple = max(c.arch.size_multiple(c.kwargs, s) for s in c.scales)
         if self.cfg.patch_size % multiple:
-            raise UsageError(f"--patch-size {self.cfg.patch_size}: {c.name} needs a multiple of {multiple} with deep supervision")
+            raise UsageError(
+                f"--patch-size {self.cfg.patch_size}: {c.name} needs a multiple of {multiple} with deep supervision"
+            )
 
     def _load_init(self, init: str) -> None:
         """``--init``: a named model's published weights, or a weights file (path, URL, hf://)."""
@@ -343,7 +355,8 @@ class Trainer:
         where = f"resuming at step {self.step}" if self.step else "starting"
         self.reporter.note(
             f"{where}: {c.name} ({c.arch.name}, {params:,} params) x{','.join(map(str, c.scales))} on {self.device}, "
-            f"{self.precision.name}, {len(self.store)} images{skipped}, batch {cfg.batch_size} x patch {cfg.patch_size}, "
+            f"{self.precision.name}, {len(self.store)} images{skipped}, "
+            f"batch {cfg.batch_size} x patch {cfg.patch_size}, "
             f"loss {format_losses(cfg.loss)}{' with deep supervision' if self.deep else ''}, "
             f"seed {self.seed}, {self.ctx.world} process(es)"
         )
@@ -368,7 +381,9 @@ class Trainer:
             sr, terms = self._generator_terms(lr, hr, disc)
         loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
-            raise UpscaleError(f"the loss is {loss.item()} at step {self.step + 1}; lower --lr, add --grad-clip, or use fp32")
+            raise UpscaleError(
+                f"the loss is {loss.item()} at step {self.step + 1}; lower --lr, add --grad-clip, or use fp32"
+            )
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self._clip_gradients()
@@ -384,12 +399,16 @@ class Trainer:
         values = ddp.mean(torch.stack([t.detach().float() for t in terms.values()]), self.ctx).tolist()
         return dict(zip(terms.keys(), values)), d_loss
 
-    def _generator_terms(self, lr: Tensor, hr: Tensor, disc: nn.Module | None) -> tuple[Tensor | None, dict[str, Tensor]]:
+    def _generator_terms(
+        self, lr: Tensor, hr: Tensor, disc: nn.Module | None
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """The network's output (``None`` under deep supervision: it has several) and the
         weighted loss terms."""
         if self.deep:
             progress = self.step / self.cfg.steps
-            return None, supervised_terms(self.gnet, self.net, self.objective, lr, hr, self.choice.arch.convention, progress)
+            return None, supervised_terms(
+                self.gnet, self.net, self.objective, lr, hr, self.choice.arch.convention, progress
+            )
         sr = self.views[hr.shape[-1] // lr.shape[-1]](lr)
         return sr, self.objective(sr, hr, lr, discriminator=disc)
 
@@ -430,7 +449,13 @@ class Trainer:
         better = self.best is None or result["psnr"] > self.best["psnr"]
         if better:
             per = {str(s): v for s, v in result["per_scale"].items()}
-            self.best = {"set": self.vset.name, "step": self.step, "psnr": result["psnr"], "ssim": result["ssim"], "per_scale": per}
+            self.best = {
+                "set": self.vset.name,
+                "step": self.step,
+                "psnr": result["psnr"],
+                "ssim": result["ssim"],
+                "per_scale": per,
+            }
             self._export(self.best)
         self.reporter.validation(self.step, result, self.vset.name, better)
 
@@ -523,7 +548,9 @@ class Trainer:
         self.net.train()
         if self.step >= end and self.reporter is not None:
             flag = "--steps" if cfg.stop_at is None else "--stop-at"
-            self.reporter.note(f"the run in {self.out} already made {self.step} steps: nothing to do (raise {flag} to go on)")
+            self.reporter.note(
+                f"the run in {self.out} already made {self.step} steps: nothing to do (raise {flag} to go on)"
+            )
         began, first = time.perf_counter(), self.step
         batches = iter(loader)
         while self.step < end:
@@ -572,6 +599,10 @@ def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
             result = trainer.run()
             finished = True
             return result
+        except OSError as err:  # a full disk, a file gone: one line (checkpoints are written atomically)
+            saved = (cfg.out_dir / FILENAME).is_file()
+            hint = "; the last checkpoint is intact: continue with --resume" if saved else ""
+            raise UpscaleError(f"{err.filename or cfg.out_dir}: {err.strerror or err}{hint}") from err
         finally:
             if trainer is not None:
                 trainer.close()

@@ -76,7 +76,14 @@ class Reporter:
     """
 
     def __init__(
-        self, out_dir: Path, start: int, total: int, *, tensorboard: bool = False, log_every: int = 100, console: Console | None = None
+        self,
+        out_dir: Path,
+        start: int,
+        total: int,
+        *,
+        tensorboard: bool = False,
+        log_every: int = 100,
+        console: Console | None = None,
     ) -> None:
         self.console = console or Console(stderr=True)
         self.start, self.total, self.log_every = start, total, log_every
@@ -112,7 +119,13 @@ class Reporter:
         self.log.flush()
 
     def step(
-        self, step: int, terms: dict[str, float], lr: float, data_wait: float, seconds: float, extra: dict[str, float] | None = None
+        self,
+        step: int,
+        terms: dict[str, float],
+        lr: float,
+        data_wait: float,
+        seconds: float,
+        extra: dict[str, float] | None = None,
     ) -> None:
         """Record step ``step`` (1-based: the number of steps done) and refresh the display.
 
@@ -137,7 +150,8 @@ class Reporter:
         self.progress.update(self.task, completed=step, rate=f"{rate:.2f} it/s", info=info)
         if not self.console.is_terminal and (step % self.log_every == 0 or step == self.total):
             eta = (self.total - step) / rate if rate > 0 else math.inf
-            self.console.print(f"step {step}/{self.total}  {info}  {rate:.2f} it/s  ETA {eta:.0f} s", highlight=False)
+            line = f"step {step}/{self.total}  {info}  {rate:.2f} it/s  ETA {eta:.0f} s"
+            self.console.print(line, markup=False, highlight=False)
 
     def validation(self, step: int, result: dict[str, Any], set_name: str, best: bool) -> None:
         """Record a validation result."""
@@ -148,12 +162,12 @@ class Reporter:
             self.writer.add_scalar(f"val/{set_name}_psnr", result["psnr"], step)
             self.writer.add_scalar(f"val/{set_name}_ssim", result["ssim"], step)
         mark = " (best)" if best else ""
-        self.console.print(
-            f"step {step}: {set_name} PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}{mark}", highlight=False
-        )
+        line = f"step {step}: {set_name} PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}{mark}"
+        self.console.print(line, markup=False, highlight=False)
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        """Print one line as it is (paths and names may hold ``[...]``: no rich markup)."""
+        self.console.print(text, markup=False, highlight=False)
 
     def close(self) -> None:
         self.progress.stop()

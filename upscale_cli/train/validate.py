@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..bench import Pair, find_set, make_pair, super_resolve
+from ..bench import BenchSet, Pair, find_set, make_pair, missing_ssim, super_resolve
 from ..engine import Upscaler
+from ..errors import UsageError
 from ..metrics import evaluate
 from ..models import Arch, LoadedModel
 
@@ -32,14 +33,25 @@ class ValidationSet:
     pairs: Mapping[int, Sequence[Pair]]
 
 
+def _scored_pair(bench_set: BenchSet, path: Path, scale: int) -> Pair:
+    """:func:`make_pair`, refusing an image without SSIM (the validation line prints a mean SSIM)."""
+    pair = make_pair(bench_set, path, scale)
+    why = missing_ssim(pair, scale)
+    if why is not None:
+        raise UsageError(f"--val-set {bench_set.name}: {path}: {why}; remove it or choose another set")
+    return pair
+
+
 def load_validation_set(spec: str, data_dir: str | None, scales: Sequence[int]) -> ValidationSet:
     """Find set ``spec`` (a known name under ``data_dir`` or a folder) and make its pairs.
 
     Raises:
-        UsageError: the set is not found (the message says where to put it).
+        UsageError: the set is not found (the message says where to put it), or an image of it
+            is too small for SSIM.
+        InputError: an image cannot be read, or nothing of it is left to score.
     """
     found = find_set(spec, Path(data_dir) if data_dir else None)
-    return ValidationSet(found.name, {s: [make_pair(found, p, s) for p in found.hr] for s in scales})
+    return ValidationSet(found.name, {s: [_scored_pair(found, p, s) for p in found.hr] for s in scales})
 
 
 def validate(
