@@ -148,11 +148,16 @@ def test_refuses_to_overwrite_then_skip_existing_resumes(tmp_path: Path, capfd) 
     out = tmp_path / "o"
     out.mkdir()
     (out / "a_x2.png").write_bytes(b"precious")
-    code, _, err = run([tmp_path / "a.png", tmp_path / "b.png", "-o", out, "--scale", "2", "--continue-on-error"], capfd)
+    both = [tmp_path / "a.png", tmp_path / "b.png", "-o", out, "--scale", "2"]
+    code, _, err = run([*both, "--continue-on-error"], capfd)
     assert code == 1 and "--overwrite" in err
     assert (out / "a_x2.png").read_bytes() == b"precious"
     assert (out / "b_x2.png").exists()
-    code, res, _ = run([tmp_path / "a.png", tmp_path / "b.png", "-o", out, "--scale", "2", "--skip-existing", "--json"], capfd)
+    code, res, err = run([*both, "--skip-existing", "--json"], capfd)  # a_x2.png is no image: redone, with a note
+    assert code == 0
+    assert [json.loads(line)["status"] for line in res.splitlines()] == ["done", "skipped"]
+    assert "redoing" in err and Image.open(out / "a_x2.png").size == (48, 32)
+    code, res, _ = run([*both, "--skip-existing", "--json"], capfd)
     assert code == 0
     assert [json.loads(line)["status"] for line in res.splitlines()] == ["skipped", "skipped"]
     code, _, _ = run([tmp_path / "a.png", "-o", out, "--scale", "2", "--overwrite", "-q"], capfd)
@@ -196,7 +201,7 @@ def test_shards_are_disjoint_and_cover_everything(tmp_path: Path, capfd) -> None
 @pytest.mark.parametrize(
     "args",
     [["--model", "no-such-model"], ["--shard", "4/3"], ["--shard", "x"], ["--overwrite", "--skip-existing"],
-     ["--format", "gif"], ["--quality", "0"], ["--tile", "huge"], ["--outscale", "2", "--width", "10"]],
+     ["--format", "bmp"], ["--quality", "0"], ["--tile", "huge"], ["--outscale", "2", "--width", "10"]],
 )
 def test_usage_errors_exit_2(tmp_path: Path, capfd, args: list[str]) -> None:
     src = make_png(tmp_path / "a.png")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .devices import DTYPES, free_memory, is_out_of_memory, resolve_device, resolve_precision
 from .errors import InputError, UsageError
 from .models.loaded import LoadedModel, pad_to_multiple
+from .options import EngineOptions
 from .tiling import TilePlan, ceil_to, floor_to, make_plan
 
 Progress = Callable[[int, int], None]
@@ -51,7 +54,8 @@ slack).  On this CPU the resident-memory growth of a forward pass at 256 and 512
 1.00-1.04x the measured figure for EDSR-baseline, CARN-M and RCAN, 1.17-1.38x for the small
 FSRCNN and SRVGG (fixed costs weigh more there)."""
 MIN_TILE = 16
-"""Smallest tile side the out-of-memory fallback goes down to."""
+"""Smallest tile side the out-of-memory fallback goes down to, and the least a tile advances
+beyond its overlap (:attr:`Upscaler.min_tile`)."""
 
 class _LiveBytes(TorchDispatchMode):
     """Peak bytes of live tensors while a forward pass runs under this mode.
@@ -115,19 +119,6 @@ _COST_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, bool], fl
 # --- the engine -------------------------------------------------------------------------------
 
 
-def _parse_tile(tile: int | str) -> int | str:
-    if isinstance(tile, str):
-        text = tile.strip().lower()
-        if text == "auto":
-            return "auto"
-        if not text.isdigit():
-            raise UsageError(f"--tile {tile!r}: expected a number of pixels, 0 (whole image) or auto")
-        tile = int(text)
-    if tile < 0:
-        raise UsageError(f"--tile {tile}: must be >= 0 (0 = whole image)")
-    return tile
-
-
 def default_overlap(radius: int) -> int:
     """The model's receptive-field radius clipped to ``[DEFAULT_OVERLAP_MIN, DEFAULT_OVERLAP_MAX]``."""
     return min(max(radius, DEFAULT_OVERLAP_MIN), DEFAULT_OVERLAP_MAX)
@@ -138,10 +129,14 @@ class Upscaler:
 
     Args:
         model: the network; moved to ``device`` (and channels-last when that pays) once, here.
+        options: the engine options (:class:`~upscale_cli.options.EngineOptions`, whose
+            defaults the command line shares); keyword arguments replace its fields:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`).
         tile: largest tile side in input pixels, context included; ``0`` for the whole image,
-            ``"auto"`` for the largest that fits free memory.
+            ``"auto"`` for the largest that fits free memory.  Without ``tile_overlap``, a tile
+            below :attr:`min_tile` is raised to it (see ``tile_note``): a smaller one would
+            shrink the context and change the output.
         tile_overlap: context pixels per interior tile side; default :func:`default_overlap`.
             At least ``model.radius`` makes tiled output equal whole-image output.
         batch_size: tiles per forward pass.
@@ -151,35 +146,48 @@ class Upscaler:
         radius: receptive-field radius used for the blend (the model's; at least 2 for
             Y-channel models, whose chroma goes through the bicubic).
         overlap: the overlap in use.
+        tile: the tile in use.
+        tile_note: one line saying why ``tile`` is not the one asked for, or None.
     """
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        tile: int | str = "auto",
-        tile_overlap: int | None = None,
-        batch_size: int = 4,
-    ) -> None:
+    def __init__(self, model: LoadedModel, options: EngineOptions | None = None, /, **overrides: Any) -> None:
+        opts = replace(options or EngineOptions(), **overrides)
         self.model = model
-        self.device = resolve_device(device)
-        self.precision, self.channels_last = resolve_precision(precision, self.device, model)
-        self.tile = _parse_tile(tile)
+        self.device = resolve_device(opts.device)
+        self.precision, self.channels_last = resolve_precision(opts.precision, self.device, model)
         self.radius = max(model.radius, 2) if model.convention == "y" else model.radius
-        if tile_overlap is not None and tile_overlap < 0:
-            raise UsageError(f"--tile-overlap {tile_overlap}: must be >= 0")
-        self.overlap = default_overlap(self.radius) if tile_overlap is None else tile_overlap
-        if batch_size < 1:
-            raise UsageError(f"--batch-size {batch_size}: must be >= 1")
-        self.batch_size = batch_size
-        m = model.size_multiple
-        explicit = isinstance(self.tile, int) and self.tile > 0 and tile_overlap is not None
-        if explicit and floor_to(floor_to(self.tile, m) - 2 * self.overlap, m) < m:
-            raise UsageError(f"--tile {self.tile} must exceed twice --tile-overlap {self.overlap} (plus {m})")
+        self.overlap = default_overlap(self.radius) if opts.tile_overlap is None else opts.tile_overlap
+        self.batch_size = opts.batch_size
+        self.tile, self.tile_note = self._tile_in_use(opts.tile, explicit_overlap=opts.tile_overlap is not None)
         model.module.eval()
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    @property
+    def min_tile(self) -> int:
+        """The smallest tile that keeps the whole overlap on every side and still advances by
+        :data:`MIN_TILE` pixels (the floor of ``tile="auto"`` too)."""
+        m = self.model.size_multiple
+        return ceil_to(2 * self.overlap + ceil_to(MIN_TILE, m), m)
+
+    def _tile_in_use(self, tile: int | str, explicit_overlap: bool) -> tuple[int | str, str | None]:
+        """The tile to use for the one asked for, and the note when they differ.
+
+        An explicit overlap that leaves no room in an explicit tile is a usage error (both were
+        asked for); a tile too small for the default overlap is raised to :attr:`min_tile`.
+        """
+        if not isinstance(tile, int) or tile == 0:
+            return tile, None
+        m = self.model.size_multiple
+        if explicit_overlap:
+            if floor_to(floor_to(tile, m) - 2 * self.overlap, m) < m:
+                raise UsageError(f"--tile {tile} must exceed twice --tile-overlap {self.overlap} (plus {m})")
+            return tile, None
+        if tile >= self.min_tile:
+            return tile, None
+        return self.min_tile, (
+            f"--tile {tile} is below the {self.min_tile} px that keep the model's {self.overlap} px of context"
+            f" on each side; using {self.min_tile} px tiles"
+        )
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -211,7 +219,7 @@ class Upscaler:
         if ph * pw <= area:
             tile = 0
         else:
-            tile = max(floor_to(int(math.sqrt(area)), m), 2 * self.overlap + ceil_to(MIN_TILE, m))
+            tile = max(floor_to(int(math.sqrt(area)), m), self.min_tile)
         used = ph * pw if tile == 0 else min(tile, ph) * min(tile, pw)
         return tile, max(1, min(self.batch_size, int(area // used)))
 
@@ -235,6 +243,13 @@ class Upscaler:
             multiple=self.model.size_multiple,
             batch_size=batch,
         )
+
+    def activation_bytes(self, height: int, width: int) -> int:
+        """Bytes the activations of one forward pass take on an image of this size: the tile's
+        pixels times the tiles of a batch times :meth:`bytes_per_pixel`."""
+        plan = self.plan(height, width)
+        tiles = min(plan.batch_size, plan.count)
+        return int(self.bytes_per_pixel() * plan.tile_height * plan.tile_width * tiles)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -315,11 +330,13 @@ class Upscaler:
 
         The sub-tiles read their context from the image around the tile (``overlap`` rounded up
         to the size multiple on every side that is not an image edge), so the result is the same
-        as the tile's own wherever the blend gives the tile weight.
+        as the tile's own wherever the blend gives the tile weight.  Sub-tiles are never smaller
+        than :data:`MIN_TILE` nor too small to keep the whole overlap (which would change the
+        output): out of memory below that is an error.
         """
         m = self.model.size_multiple
         tile = floor_to(max(th, tw) // 2, m)
-        if tile < ceil_to(MIN_TILE, m):
+        if tile < ceil_to(max(MIN_TILE, 2 * overlap + m), m):
             raise InputError(f"out of memory on {self.device} even for {max(th, tw)} px tiles")
         pad = ceil_to(overlap, m)
         y0, x0 = max(0, y - pad), max(0, x - pad)

@@ -1,4 +1,9 @@
-"""The main command: ``upscale INPUT... [options]``."""
+"""The main command: ``upscale INPUT... [options]``.
+
+The flags build one :class:`~upscale_cli.options.RunOptions` (whose defaults the Python API
+shares); a run then goes: expand the inputs, check ``-o``, load the model, plan one job per
+input, and for each job check the header (existing output, frames, memory) before decoding it.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,43 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EXIT_FAILED, EXIT_OK, UpscaleError, UsageError
+from ..errors import EXIT_FAILED, EXIT_OK, InputError, UpscaleError, UsageError
+from ..options import (
+    DEFAULT_MODEL,
+    EngineOptions,
+    InputOptions,
+    ModelOptions,
+    OutputOptions,
+    PictureOptions,
+    ReportOptions,
+    RunOptions,
+)
 from ..reporting import reported
 
-DEFAULT_MODEL = "default"
-"""Model used when ``--model`` is not given: the in-house network shipped inside the package
-(``upscale_cli/weights/default.safetensors``), so a first run needs no download."""
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from ..engine import Upscaler
+    from ..inputs import Source
+    from ..io import ImageInfo, Picture
+
+__all__ = ["DEFAULT_MODEL", "app"]
 
 _EPILOG = (
     "Subcommands: [bold]upscale models[/], [bold]upscale download[/], [bold]upscale bench[/], "
     "[bold]upscale train[/] (each has --help). "
-    "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable, 130 interrupted."
+    "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable, 130 interrupted, "
+    "143 terminated."
 )
+_IN, _OUT, _MODEL, _ENGINE = "Input", "Output", "Model", "Engine"
 
 app = typer.Typer(
     add_completion=False,
@@ -42,6 +64,7 @@ class Job:
 
     input: Path
     output: Path | None
+    format: str | None = None  # the output's format (Pillow's name), known before decoding
     status: str = "pending"  # pending | done | skipped | failed | planned
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -75,155 +98,210 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _output_path(
-    src_relative: Path, input_path: Path, output: Path | None, single_file_output: bool, suffix: str, ext: str
-) -> Path:
-    if single_file_output:
-        assert output is not None
-        return output
-    name = f"{src_relative.stem}{suffix}{ext}"
-    if output is None:
-        return input_path.parent / name
-    return output / src_relative.parent / name
-
-
-def _fmt_suffix(template: str, model: str, scale: int, outscale: float | None) -> str:
-    factor = f"{outscale:g}" if outscale is not None else str(scale)
-    try:
-        return template.format(scale=factor, model=model)
-    except (KeyError, IndexError, ValueError):
-        raise UsageError(f"--suffix {template!r}: only {{scale}} and {{model}} may be used as placeholders") from None
-
-
 @app.command(help="Upscale images with a super-resolution model.", epilog=_EPILOG)
 def upscale(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns ('photos/*.jpg').", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output file (one input) or folder (created). Default: beside each input.", rich_help_panel="Output")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help=f"Model name (see `upscale models`). Default: {DEFAULT_MODEL}.", rich_help_panel="Model")] = None,
-    scale: Annotated[int | None, typer.Option("--scale", "-s", help="Upscaling factor of the model (default: 4, or the model's own).", rich_help_panel="Model")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", help="Weights file, URL or hf://repo/file; overrides the manifest.", rich_help_panel="Model")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Architecture of --weights when it cannot be told from the file.", rich_help_panel="Model")] = None,
-    outscale: Annotated[float | None, typer.Option("--outscale", help="Final scale: run the model, then resample (antialiased bicubic).", rich_help_panel="Output")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Final width in pixels (aspect kept if --height is not given).", rich_help_panel="Output")] = None,
-    height: Annotated[int | None, typer.Option("--height", help="Final height in pixels (aspect kept if --width is not given).", rich_help_panel="Output")] = None,
-    suffix: Annotated[str, typer.Option("--suffix", help="Output name suffix; {scale} and {model} are filled in.", rich_help_panel="Output")] = "_x{scale}",
-    fmt: Annotated[str, typer.Option("--format", help="auto|png|jpg|webp|tiff (auto keeps the input's, PNG when there is alpha).", rich_help_panel="Output")] = "auto",
-    quality: Annotated[int | None, typer.Option("--quality", help="JPEG/WebP quality 1-100.", rich_help_panel="Output")] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk folders and mirror their tree under --output.", rich_help_panel="Input")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (inputs are never overwritten).", rich_help_panel="Output")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resume a run).", rich_help_panel="Output")] = False,
-    continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Go on with the other inputs after a failure.", rich_help_panel="Input")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.", rich_help_panel="Input")] = False,
-    shard: Annotated[str | None, typer.Option("--shard", help="K/N: process the K-th of N disjoint slices of the inputs (job arrays).", rich_help_panel="Input")] = None,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse larger inputs (default: Pillow's limit; 0 = none).", rich_help_panel="Input")] = None,
-    tile: Annotated[str, typer.Option("--tile", help="Tile side in input pixels, 'auto' (fits free memory) or 0 (whole image).", rich_help_panel="Engine")] = "auto",
-    tile_overlap: Annotated[int | None, typer.Option("--tile-overlap", help="Context pixels per tile side (default: from the model's receptive field).", rich_help_panel="Engine")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.", rich_help_panel="Engine")] = 4,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel="Engine")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto|fp32|fp16|bf16 (auto: fp16/bf16 on GPU, bf16 on CPUs with native bf16, else fp32).", rich_help_panel="Engine")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary (errors still shown).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks and details on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image files, folders or glob patterns ('photos/*.jpg').", show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", rich_help_panel=_OUT,
+        help="Output file (one input) or folder (created). Default: beside each input.")] = OutputOptions.output,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", rich_help_panel=_MODEL,
+        help=f"Model name (see `upscale models`). Default: {DEFAULT_MODEL}.")] = ModelOptions.model,
+    scale: Annotated[int | None, typer.Option(
+        "--scale", "-s", rich_help_panel=_MODEL,
+        help="Upscaling factor of the model (default: 4, or the model's own).")] = ModelOptions.scale,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", rich_help_panel=_MODEL,
+        help="Weights file, URL or hf://repo/file; overrides the manifest.")] = ModelOptions.weights,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", rich_help_panel=_MODEL,
+        help="Architecture of --weights when it cannot be told from the file.")] = ModelOptions.arch,
+    outscale: Annotated[float | None, typer.Option(
+        "--outscale", rich_help_panel=_OUT,
+        help="Final scale: run the model, then resample (antialiased bicubic).")] = PictureOptions.outscale,
+    width: Annotated[int | None, typer.Option(
+        "--width", rich_help_panel=_OUT,
+        help="Final width in pixels (aspect kept if --height is not given).")] = PictureOptions.width,
+    height: Annotated[int | None, typer.Option(
+        "--height", rich_help_panel=_OUT,
+        help="Final height in pixels (aspect kept if --width is not given).")] = PictureOptions.height,
+    suffix: Annotated[str, typer.Option(
+        "--suffix", rich_help_panel=_OUT,
+        help="Output name suffix; {scale} and {model} are filled in.")] = OutputOptions.suffix,
+    fmt: Annotated[str, typer.Option(
+        "--format", rich_help_panel=_OUT,
+        help="auto|png|jpg|webp|tiff (auto keeps the input's, PNG when there is alpha).")] = OutputOptions.fmt,
+    quality: Annotated[int | None, typer.Option(
+        "--quality", rich_help_panel=_OUT, help="JPEG/WebP quality 1-100.")] = OutputOptions.quality,
+    recursive: Annotated[bool, typer.Option(
+        "--recursive", "-r", rich_help_panel=_IN,
+        help="Walk folders and mirror their tree under --output.")] = InputOptions.recursive,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", rich_help_panel=_OUT,
+        help="Replace existing outputs (inputs are never overwritten).")] = OutputOptions.overwrite,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", rich_help_panel=_OUT,
+        help="Skip inputs whose output exists and decodes at the expected size (resume a run); "
+             "redo the others.")] = OutputOptions.skip_existing,
+    continue_on_error: Annotated[bool, typer.Option(
+        "--continue-on-error", rich_help_panel=_IN,
+        help="Go on with the other inputs after a failure.")] = InputOptions.continue_on_error,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", rich_help_panel=_IN,
+        help="Print the plan, with the checks a run makes before decoding, and write nothing.")] = InputOptions.dry_run,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", rich_help_panel=_IN,
+        help="K/N: process the K-th of N disjoint slices of the inputs (job arrays).")] = InputOptions.shard,
+    max_pixels: Annotated[int | None, typer.Option(
+        "--max-pixels", rich_help_panel=_IN,
+        help="Refuse larger inputs (default: Pillow's limit; 0 = none).")] = InputOptions.max_pixels,
+    first_frame: Annotated[bool, typer.Option(
+        "--first-frame", rich_help_panel=_IN,
+        help="Upscale only the first frame of animations and multi-page files (needed when the output "
+             "format cannot hold the frames).")] = InputOptions.first_frame,
+    tile: Annotated[str, typer.Option(
+        "--tile", rich_help_panel=_ENGINE,
+        help="Tile side in input pixels, 'auto' (fits free memory) or 0 (whole image); raised to the "
+             "smallest that keeps the model's context.")] = str(EngineOptions.tile),
+    tile_overlap: Annotated[int | None, typer.Option(
+        "--tile-overlap", rich_help_panel=_ENGINE,
+        help="Context pixels per tile side (default: from the model's receptive field).")] = EngineOptions.tile_overlap,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", rich_help_panel=_ENGINE, help="Tiles per forward pass.")] = EngineOptions.batch_size,
+    device: Annotated[str, typer.Option(
+        "--device", rich_help_panel=_ENGINE, help="auto|cpu|cuda|cuda:N|mps.")] = EngineOptions.device,
+    precision: Annotated[str, typer.Option(
+        "--precision", rich_help_panel=_ENGINE,
+        help="auto|fp32|fp16|bf16 (auto: fp16/bf16 on GPU, bf16 on CPUs with native bf16, "
+             "else fp32).")] = EngineOptions.precision,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object per image on stdout.")] = ReportOptions.as_json,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress or summary (errors still shown).")] = ReportOptions.quiet,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Tracebacks and details on errors.")] = ReportOptions.verbose,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
+    flags = dict(locals())  # the parameters, by the names RunOptions groups them under
+    del flags["inputs"], flags["version"]
     console = Console(stderr=True, soft_wrap=True)
     with reported(verbose):
-        code = _run(
-            console,
-            inputs=inputs, output=output, model=model, scale=scale, weights=weights, arch=arch,
-            outscale=outscale, width=width, height=height, suffix=suffix, fmt=fmt, quality=quality,
-            recursive=recursive, overwrite=overwrite, skip_existing=skip_existing,
-            continue_on_error=continue_on_error, dry_run=dry_run, shard=shard, max_pixels=max_pixels,
-            tile=tile, tile_overlap=tile_overlap, batch_size=batch_size, device=device,
-            precision=precision, as_json=as_json, verbose=verbose, quiet=quiet,
-        )
+        code = _run(console, inputs, RunOptions.from_flat(**flags))
     raise typer.Exit(code)
 
 
-def _run(console: Console, *, inputs: list[str], output: Path | None, model: str | None, scale: int | None,
-         weights: str | None, arch: str | None, outscale: float | None, width: int | None, height: int | None,
-         suffix: str, fmt: str, quality: int | None, recursive: bool, overwrite: bool, skip_existing: bool,
-         continue_on_error: bool, dry_run: bool, shard: str | None, max_pixels: int | None, tile: str,
-         tile_overlap: int | None, batch_size: int, device: str, precision: str, as_json: bool,
-         verbose: bool, quiet: bool) -> int:
+def _note(console: Console, opts: RunOptions, text: str) -> None:
+    if not opts.report.quiet:
+        console.print(f"[dim]note: {escape(text)}[/]", highlight=False)
+
+
+def _run(console: Console, words: list[str], opts: RunOptions) -> int:
+    """Plan the run (every usage error before any work), then dry-run or process it."""
     from ..inputs import expand_inputs, parse_shard, take_shard
-    from ..io import is_image_file, resolve_output_format
+    from ..io import is_image_file
 
-    if overwrite and skip_existing:
-        raise UsageError("--overwrite and --skip-existing exclude each other")
-    if quality is not None and not 1 <= quality <= 100:
-        raise UsageError(f"--quality {quality}: must be between 1 and 100")
-    resolve_output_format(fmt, None, False)  # validates --format early
-    shard_kn = parse_shard(shard)
+    started = time.time()
+    expansion = expand_inputs(words, recursive=opts.input.recursive, is_image=is_image_file)
+    for path, why in expansion.skipped:
+        _note(console, opts, f"skipping {path}: {why}")
+    sources = take_shard(expansion.sources, parse_shard(opts.input.shard))
+    failed = [Job(path, None, status="failed", error=message) for path, message in expansion.failed]
+    single_file = _single_file_output(words, len(expansion.sources) + len(failed), opts)  # all shards alike
 
-    expansion = expand_inputs(inputs, recursive=recursive, is_image=is_image_file)
-    for path, why in expansion.skipped if not quiet else ():
-        console.print(f"[dim]note: skipping {escape(str(path))}: {why}[/]", highlight=False)
-    sources = take_shard(expansion.sources, shard_kn)
-    jobs_missing = [Job(Path(word), None, "failed", f"{word}: no such file or folder") for word in expansion.missing]
+    # Model next: a bad model name or missing weights is a usage/weights error, before any work.
+    loaded = opts.model.load(progress=not opts.report.quiet)
+    from ..engine import Upscaler
 
-    # Model first: a bad model name or missing weights is a usage/weights error, before any work.
-    loaded, upscaler = _load(model, scale, weights, arch, device, precision, tile, tile_overlap, batch_size, quiet)
-    model_name, s = loaded.name, loaded.scale
-    # Validate the final-size options once (they are per image, but the errors are not).
-    from ..api import target_size
+    upscaler = Upscaler(loaded, opts.engine)
+    if upscaler.tile_note:
+        _note(console, opts, upscaler.tile_note)
+    suffix = opts.output.name_suffix(loaded.name, loaded.scale, opts.picture.outscale)
+    jobs = _plan(sources, {src.path.resolve() for src in expansion.sources}, single_file, suffix, opts)
+    emit = _Emitter(opts.report.as_json, loaded.name, loaded.scale, str(upscaler.device), upscaler.precision)
+    if opts.input.dry_run:
+        return _dry_run(console, failed + jobs, upscaler, emit, opts)
+    _sweep_temps(console, jobs, started, opts)
+    protect = {src.path for src in expansion.sources}
+    return _process(console, failed, jobs, upscaler, emit, opts, protect)
 
-    target_size(8, 8, s, outscale, width, height)
 
-    single_file_output = (
-        output is not None and len(sources) == 1 and len(expansion.missing) == 0
-        and not output.is_dir() and output.suffix != "" and not str(output).endswith(("/", "\\"))
-        and not recursive and not any(Path(w).is_dir() for w in inputs)
-    )
-    suffix_text = _fmt_suffix(suffix, model_name, s, outscale)
-    input_set = {src.path.resolve() for src in expansion.sources}
+def _writable_extension(path: Path) -> bool:
+    """Does an image writer take ``path``'s extension?  ``auto`` keeps a known extension's
+    spelling and falls back to ``.png`` otherwise (:func:`~upscale_cli.io.resolve_output_format`)."""
+    from ..io import resolve_output_format
+
+    return path.suffix != "" and resolve_output_format("auto", path, False)[1] == path.suffix
+
+
+def _single_file_output(words: list[str], count: int, opts: RunOptions) -> bool:
+    """Is ``-o`` one output file (one input file) rather than a folder?
+
+    Raises:
+        UsageError: ``-o`` is an existing file, or names an image file, with several inputs
+            or a folder input; or it is one file with an extension no writer takes under
+            ``--format auto``.
+    """
+    out = opts.output.output
+    if out is None or out.is_dir() or str(out).endswith(("/", "\\")):
+        return False
+    folder_input = opts.input.recursive or any(Path(w).is_dir() for w in words)
+    if count == 1 and not folder_input and out.suffix != "":
+        if opts.output.fmt.strip().lower() == "auto" and not _writable_extension(out):
+            raise UsageError(f"-o {out}: no image writer for the extension {out.suffix!r}; "
+                             "use .png, .jpg, .webp or .tif, or give --format")
+        return True
+    if out.exists() or _writable_extension(out):
+        what = "is an existing file" if out.exists() else "names an image file"
+        inputs = "a folder input" if folder_input else f"{count} inputs"
+        raise UsageError(f"-o {out} {what}, but {inputs} need an output folder")
+    return False
+
+
+def _plan(sources: list[Source], inputs: set[Path], single_file: bool, suffix: str, opts: RunOptions) -> list[Job]:
+    """One job per source, with its output path and format; an output that would overwrite an
+    input, or that two inputs share, fails its job."""
+    from ..io import resolve_output_format
+
+    out_opt = opts.output
     jobs: list[Job] = []
     claimed: dict[Path, Path] = {}
     for src in sources:
         # Formats that keep alpha keep their extension under auto, and JPEG has no alpha, so
         # the extension is known before decoding (needed for --skip-existing and collisions).
-        if single_file_output:
-            ext = output.suffix  # type: ignore[union-attr]
+        if single_file:
+            out: Path = out_opt.output  # type: ignore[assignment]
+            fmt = resolve_output_format(out_opt.fmt, out if out_opt.fmt.strip().lower() == "auto" else None, False)[0]
         else:
-            _, ext = resolve_output_format(fmt, src.path, False)
-        out = _output_path(src.relative, src.path, output, single_file_output, suffix_text, ext)
-        job = Job(src.path, out)
+            fmt, ext = resolve_output_format(out_opt.fmt, src.path, False)
+            name = f"{src.relative.stem}{suffix}{ext}"
+            out = src.path.parent / name if out_opt.output is None else out_opt.output / src.relative.parent / name
+        job = Job(src.path, out, fmt)
         key = out.resolve()
-        if key in input_set:
+        if key in inputs:
             job.status, job.error = "failed", f"{src.path}: output {out} would overwrite an input; use -o or --suffix"
         elif key in claimed:
             job.status, job.error = "failed", f"{src.path}: output {out} is also the output of {claimed[key]}"
         else:
             claimed[key] = src.path
         jobs.append(job)
-
-    emit = _Emitter(as_json, model_name, s, str(upscaler.device), upscaler.precision)
-    if dry_run:
-        return _dry_run(console, jobs_missing + jobs, upscaler, emit, max_pixels, overwrite, skip_existing)
-
-    return _process(console, jobs_missing, jobs, upscaler, emit, fmt=fmt, quality=quality, overwrite=overwrite,
-                    skip_existing=skip_existing, continue_on_error=continue_on_error, max_pixels=max_pixels,
-                    outscale=outscale, width=width, height=height, protect=input_set, verbose=verbose,
-                    quiet=quiet)
+    return jobs
 
 
-def _load(model: str | None, scale: int | None, weights: str | None, arch: str | None, device: str,
-          precision: str, tile: str, tile_overlap: int | None, batch_size: int, quiet: bool):
-    """The model (loaded once per run) and its engine.  With ``--weights`` and no ``--model``
-    the file (and ``--arch``) alone decide the network."""
-    from ..engine import Upscaler
-    from ..loader import load_model
-    from ..models import get_spec
+def _sweep_temps(console: Console, jobs: list[Job], started: float, opts: RunOptions) -> None:
+    """Remove the temp files (``.NAME.*.tmp``) that a killed run left in the output folders,
+    those older than this run; say which under ``-v``."""
+    from ..files import sweep_stale_temps
 
-    if model is None and weights is None:
-        model = DEFAULT_MODEL
-    if scale is None and weights is None:
-        spec = get_spec(model)  # type: ignore[arg-type]
-        scale = 4 if 4 in spec.scales else spec.scales[-1]
-    loaded = load_model(model, scale, weights=weights, arch=arch, progress=not quiet)
-    upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                        batch_size=batch_size)
-    return loaded, upscaler
+    folders: dict[Path, set[str]] = {}
+    for job in jobs:
+        if job.output is not None:
+            folders.setdefault(job.output.parent, set()).add(job.output.name)
+    for folder, names in sorted(folders.items()):
+        for path in sweep_stale_temps(folder, older_than=started, names=names):
+            if opts.report.verbose:
+                _note(console, opts, f"removed {path}, a temp file an earlier run left behind")
 
 
 class _Emitter:
@@ -239,43 +317,81 @@ class _Emitter:
             sys.stdout.flush()
 
 
-def _dry_run(console: Console, jobs: list[Job], upscaler, emit: _Emitter, max_pixels: int | None,
-             overwrite: bool, skip_existing: bool) -> int:
-    from ..io import image_size
+def _action(job: Job, size: tuple[int, int], opts: OutputOptions) -> str:
+    """What becomes of the job's output: write | overwrite | skip | redo (an existing output that
+    is incomplete under ``--skip-existing``).
 
-    s = upscaler.model.scale
+    Raises:
+        OutputExistsError: it exists and neither ``--overwrite`` nor ``--skip-existing`` is given.
+    """
+    from ..io import OutputExistsError, output_is_complete
+
+    assert job.output is not None
+    if not job.output.exists():
+        return "write"
+    if opts.skip_existing:
+        return "skip" if output_is_complete(job.output, size) else "redo"
+    if opts.overwrite:
+        return "overwrite"
+    raise OutputExistsError(f"{job.input}: output {job.output} exists; use --overwrite or --skip-existing")
+
+
+def _check(job: Job, upscaler: Upscaler, opts: RunOptions) -> tuple[ImageInfo, tuple[int, int], str]:
+    """The checks of one job from its header, before decoding: the existing output, the frames
+    the output format holds, the memory.  Returns ``(info, (out_width, out_height), action)``.
+
+    Raises:
+        InputError: one line naming the input and the flag that changes the outcome.
+    """
+    from ..api import check_memory
+    from ..io import output_holds, probe
+
+    info = probe(job.input, opts.input.max_pixels)
+    out_h, out_w = opts.picture.final_size(info.height, info.width, upscaler.model.scale)
+    action = _action(job, (out_w, out_h), opts.output)
+    if action == "skip":
+        return info, (out_w, out_h), action
+    if opts.input.first_frame:
+        info = replace(info, frames=1)
+    reason = output_holds(info, job.format)  # type: ignore[arg-type]
+    if reason:
+        raise InputError(f"{job.input}: {reason}")
+    check_memory(info, upscaler, opts.picture)
+    return info, (out_w, out_h), action
+
+
+_ACTION_TEXT = {"write": "write", "overwrite": "overwrite", "skip": "skip (exists)",
+                "redo": "redo (the existing output is incomplete)"}
+
+
+def _dry_run(console: Console, jobs: list[Job], upscaler: Upscaler, emit: _Emitter, opts: RunOptions) -> int:
+    """Print each job's plan after the same checks a run makes before decoding."""
     failed = 0
     for job in jobs:
+        if job.status != "failed":
+            try:
+                info, (out_w, out_h), action = _check(job, upscaler, opts)
+            except UpscaleError as exc:
+                job.status, job.error = "failed", str(exc)
         if job.status == "failed":
             failed += 1
             console.print(f"[red]error:[/] {escape(str(job.error))}", highlight=False)
             emit(job)
             continue
-        try:
-            w, h = image_size(job.input, max_pixels)
-        except UpscaleError as exc:
-            job.status, job.error = "failed", str(exc)
-            failed += 1
-            console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-            emit(job)
-            continue
-        plan = upscaler.plan(h, w)
-        exists = job.output is not None and job.output.exists()
-        action = "skip (exists)" if exists and skip_existing else ("overwrite" if exists and overwrite else "write")
-        if exists and not (skip_existing or overwrite):
-            action = "refuse (exists)"
+        plan = upscaler.plan(info.height, info.width)
+        frames = f" x {info.frame_count} frames" if info.frame_count > 1 else ""
         job.status = "planned"
-        job.info.update(width=w, height=h, out_width=w * s, out_height=h * s, tile=plan.tile, action=action)
-        console.print(f"{escape(str(job.input))} -> {escape(str(job.output))}  {w}x{h} -> {w * s}x{h * s}, {plan.count} tile(s): {action}",
-                      highlight=False)
+        job.info.update(width=info.width, height=info.height, out_width=out_w, out_height=out_h, tile=plan.tile,
+                        action=_ACTION_TEXT[action])
+        console.print(f"{escape(str(job.input))} -> {escape(str(job.output))}  {info.width}x{info.height} -> "
+                      f"{out_w}x{out_h}{frames}, {plan.count} tile(s): {_ACTION_TEXT[action]}", highlight=False)
         emit(job)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _process(console: Console, missing: list[Job], jobs: list[Job], upscaler, emit: _Emitter, *, fmt: str,
-             quality: int | None, overwrite: bool, skip_existing: bool, continue_on_error: bool,
-             max_pixels: int | None, outscale: float | None, width: int | None, height: int | None,
-             protect: set[Path], verbose: bool, quiet: bool) -> int:
+def _process(console: Console, failed: list[Job], jobs: list[Job], upscaler: Upscaler, emit: _Emitter,
+             opts: RunOptions, protect: set[Path]) -> int:
+    """Run the jobs in order with progress bars; the summary line at the end."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -285,25 +401,22 @@ def _process(console: Console, missing: list[Job], jobs: list[Job], upscaler, em
         TimeRemainingColumn,
     )
 
-    from ..api import upscale_picture
-    from ..io import ImageIOWarning, read_image, write_image
-
     counts = {"done": 0, "skipped": 0, "failed": 0}
     out_pixels = 0
     started = time.perf_counter()
-
-    def fail(job: Job, message: str) -> None:
-        job.status, job.error = "failed", message
-        counts["failed"] += 1
-        progress.console.print(f"[red]error:[/] {escape(message)}", highlight=False)
-        emit(job)
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        for job in missing:
+    with Progress(*columns, console=console, transient=True, disable=opts.report.quiet) as progress:
+
+        def fail(job: Job, message: str) -> None:
+            job.status, job.error = "failed", message
+            counts["failed"] += 1
+            progress.console.print(f"[red]error:[/] {escape(message)}", highlight=False)
+            emit(job)
+
+        for job in failed:
             fail(job, job.error or str(job.input))
-        stop = bool(missing) and not continue_on_error
+        stop = bool(failed) and not opts.input.continue_on_error
         files_task = progress.add_task("images", total=len(jobs))
         for job in jobs:
             if stop:
@@ -311,72 +424,79 @@ def _process(console: Console, missing: list[Job], jobs: list[Job], upscaler, em
             progress.update(files_task, description=f"{job.input.name}")
             if job.status == "failed":
                 fail(job, job.error or "failed")
-                stop = not continue_on_error
-                progress.advance(files_task)
-                continue
-            assert job.output is not None
-            if job.output.exists() and skip_existing:
-                job.status = "skipped"
-                counts["skipped"] += 1
-                emit(job)
-                progress.advance(files_task)
-                continue
-            if job.output.exists() and not overwrite:
-                fail(job, f"{job.input}: output {job.output} exists; use --overwrite or --skip-existing")
-                stop = not continue_on_error
-                progress.advance(files_task)
-                continue
-            t0 = time.perf_counter()
-            tiles_task = None
-            try:
-                pic = read_image(job.input, max_pixels)
-                plan = upscaler.plan(pic.height, pic.width)
-                if plan.count > 1:
-                    tiles_task = progress.add_task("  tiles", total=plan.count)
-
-                def on_tiles(done: int, total: int, _task=tiles_task) -> None:
-                    if _task is not None:
-                        progress.update(_task, completed=done, total=total)
-
-                result = upscale_picture(pic, upscaler, outscale=outscale, width=width, height=height,
-                                         progress=on_tiles)
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", ImageIOWarning)
-                    write_image(result, job.output, fmt, quality, overwrite=overwrite, protect=protect)
-                for w in caught:
-                    progress.console.print(f"[yellow]warning:[/] {escape(f'{job.input}: {w.message}')}", highlight=False)
-            except UpscaleError as exc:
-                if verbose:
-                    progress.console.print(traceback.format_exc(), highlight=False, markup=False)
-                fail(job, str(exc) if str(job.input) in str(exc) else f"{job.input}: {exc}")
-                stop = not continue_on_error
-                progress.advance(files_task)
-                continue
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # an unexpected bug still gets one line (and the trace with -v)
-                if verbose:
-                    progress.console.print(traceback.format_exc(), highlight=False, markup=False)
-                fail(job, f"{job.input}: {type(exc).__name__}: {exc}".splitlines()[0])
-                stop = not continue_on_error
-                progress.advance(files_task)
-                continue
-            finally:
-                if tiles_task is not None:
-                    progress.remove_task(tiles_task)
-            job.status = "done"
-            counts["done"] += 1
-            out_pixels += result.width * result.height
-            job.info.update(width=pic.width, height=pic.height, out_width=result.width, out_height=result.height,
-                            tile=plan.tile, seconds=round(time.perf_counter() - t0, 4))
-            emit(job)
+            else:
+                try:
+                    out_pixels += _one(job, upscaler, opts, protect, progress)
+                except UpscaleError as exc:
+                    if opts.report.verbose:
+                        progress.console.print(traceback.format_exc(), highlight=False, markup=False)
+                    fail(job, str(exc) if str(job.input) in str(exc) else f"{job.input}: {exc}")
+                except Exception as exc:  # an unexpected bug still gets one line (and the trace with -v)
+                    if opts.report.verbose:
+                        progress.console.print(traceback.format_exc(), highlight=False, markup=False)
+                    fail(job, f"{job.input}: {type(exc).__name__}: {exc}".splitlines()[0])
+                else:
+                    counts[job.status] += 1
+                    emit(job)
+            stop = job.status == "failed" and not opts.input.continue_on_error
             progress.advance(files_task)
     elapsed = time.perf_counter() - started
-    not_run = len(jobs) + len(missing) - sum(counts.values())
+    not_run = len(jobs) + len(failed) - sum(counts.values())
     mps = out_pixels / 1e6 / elapsed if elapsed > 0 else 0.0
     summary = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
                + (f", {not_run} not run (stopped at the first failure; --continue-on-error goes on)" if not_run else "")
                + f" in {elapsed:.1f} s ({mps:.2f} output MP/s)")
-    if not quiet:
+    if not opts.report.quiet:
         console.print(summary, highlight=False)
     return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _one(job: Job, upscaler: Upscaler, opts: RunOptions, protect: set[Path], progress: Progress) -> int:
+    """Check, decode, upscale and write one job; its status becomes done or skipped.  Returns
+    the output pixels written.  Notes of the reader and the writer become ``warning:`` lines."""
+    from ..io import ImageIOWarning
+
+    t0 = time.perf_counter()
+    *_, action = _check(job, upscaler, opts)
+    if action == "skip":
+        job.status = "skipped"
+        return 0
+    if action == "redo":
+        _note(progress.console, opts, f"{job.output} is incomplete or unreadable; redoing it")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageIOWarning)
+        pic, result, tile = _work(job, upscaler, opts, action, protect, progress)
+    for w in caught:
+        progress.console.print(f"[yellow]warning:[/] {escape(f'{job.input}: {w.message}')}", highlight=False)
+    job.status = "done"
+    job.info.update(width=pic.width, height=pic.height, out_width=result.width, out_height=result.height,
+                    tile=tile, seconds=round(time.perf_counter() - t0, 4))
+    return result.width * result.height * result.frame_count
+
+
+def _work(job: Job, upscaler: Upscaler, opts: RunOptions, action: str, protect: set[Path],
+          progress: Progress) -> tuple[Picture, Picture, int]:
+    """Decode, upscale (with a tiles bar when there are several) and write atomically; returns
+    the input, the output and the tile side."""
+    from ..api import upscale_picture
+    from ..io import output_holds, read_image, write_image
+
+    pic = read_image(job.input, opts.input.max_pixels, first_frame=opts.input.first_frame)
+    reason = output_holds(pic, job.format)  # type: ignore[arg-type]  # the value range, known now
+    if reason:
+        raise InputError(f"{job.input}: {reason}")
+    plan = upscaler.plan(pic.height, pic.width)
+    tiles = progress.add_task("  tiles", total=plan.count * pic.frame_count) if plan.count > 1 else None
+
+    def on_tiles(done: int, total: int) -> None:
+        if tiles is not None:
+            progress.update(tiles, completed=done, total=total)
+
+    try:
+        result = upscale_picture(pic, upscaler, opts.picture, progress=on_tiles)
+        write_image(result, job.output, opts.output.fmt, opts.output.quality,  # type: ignore[arg-type]
+                    overwrite=action in ("overwrite", "redo"), protect=protect)
+    finally:
+        if tiles is not None:
+            progress.remove_task(tiles)
+    return pic, result, plan.tile
