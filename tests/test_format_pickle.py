@@ -178,7 +178,7 @@ class _Calls:
 
 def _attacks(marker: Path) -> dict[str, tuple[_Calls, str]]:
     return {
-        "os.system": (_Calls(os.system, f"touch {marker}"), "posix.system"),
+        "os.system": (_Calls(os.system, f"touch {marker}"), "os.system"),  # pickled as posix.system
         "exec": (_Calls(exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
         "popen": (_Calls(subprocess.Popen, ["touch", str(marker)]), "subprocess.Popen"),
     }

@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .errors import WeightsError
+from .errors import UsageError, WeightsError
 from .files import atomic_path
 from .formats import read as read_any
 
@@ -104,15 +105,206 @@ _MANIFESTS: dict[tuple[str, int], dict[str, Any]] = {}
 
 
 def load_manifest(path: Path | None = None) -> dict[str, Any]:
-    """The parsed manifest (cached per file and modification time)."""
+    """The parsed manifest, checked against ``manifest_schema.json`` (cached per file and
+    modification time).  Raises :class:`~upscale_cli.errors.WeightsError` for a file that
+    cannot be read and :class:`~upscale_cli.errors.UsageError` for one that breaks the schema
+    (one line: the file, the entry, the field)."""
     p = manifest_path() if path is None else path
     try:
         key = (str(p), p.stat().st_mtime_ns)
         if key not in _MANIFESTS:
-            _MANIFESTS[key] = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8"))
+            problem = schema_problem(data, _manifest_schema())
+            if problem is not None:
+                raise UsageError(f"{p}: {_where(problem[0])}{problem[1]}")
+            _MANIFESTS[key] = data
     except (OSError, ValueError) as err:
         raise WeightsError(f"{p}: cannot read the weights manifest ({err})") from None
     return _MANIFESTS[key]
+
+
+def _manifest_schema() -> dict[str, Any]:
+    return json.loads(Path(__file__).with_name("manifest_schema.json").read_text(encoding="utf-8"))
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """``("models", "fsrcnn", "2", "sources", 0)`` -> ``"fsrcnn x2: sources[0]: "``."""
+    head = ""
+    if len(path) >= 3 and path[0] == "models":
+        head, path = f"{path[1]} x{path[2]}", path[3:]
+    elif len(path) == 2 and path[0] == "models":
+        head, path = f"model {path[1]}", ()
+    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return "".join(f"{part}: " for part in (head, rest) if part)
+
+
+# --- a JSON Schema checker for the keywords manifest_schema.json uses ----------------------------
+# (JSON Schema 2020-12; jsonschema is a test dependency only, and the tests hold this checker to it)
+
+Problem = tuple[tuple[str | int, ...], str]
+"""Where a value breaks its schema (keys and indices from the root) and how, in words."""
+
+_ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description"})
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+
+
+def schema_problem(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None,
+                   at: tuple[str | int, ...] = ()) -> Problem | None:
+    """The first way ``value`` breaks ``schema`` (``None`` if it follows it).
+
+    Knows the keywords of ``manifest_schema.json``: ``type``, ``const``, ``enum``, ``$ref``
+    (``#/...`` pointers), ``required``, ``properties``, ``additionalProperties``,
+    ``propertyNames``, ``minProperties``, ``items``, ``minItems``, ``minLength``, ``pattern``
+    (searched, as JSON Schema does), ``minimum``, ``maximum``, ``oneOf`` and ``not``.
+    """
+    root = schema if root is None else root
+    for keyword, arg in schema.items():
+        if keyword in _ANNOTATIONS:
+            continue
+        check = _KEYWORDS.get(keyword)
+        if check is None:
+            raise ValueError(f"manifest_schema.json uses {keyword!r}, which upscale_cli.weights does not check")
+        if keyword == "additionalProperties":  # the fields that ``properties`` does not name
+            arg = (schema.get("properties", {}), arg)
+        problem = check(value, arg, root, at)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _type(value: Any, arg: str, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if _TYPES[arg](value) else (at, f"must be a{'n' if arg[0] in 'aeio' else ''} {arg}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1``."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _const(value: Any, arg: Any, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if _same(value, arg) else (at, f"must be {json.dumps(arg)}")
+
+
+def _enum(value: Any, arg: list[Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if any(_same(value, a) for a in arg) else (at, f"must be one of {', '.join(map(json.dumps, arg))}")
+
+
+def _ref(value: Any, arg: str, root: dict[str, Any], at: tuple) -> Problem | None:
+    target: Any = root
+    for part in arg.removeprefix("#/").split("/"):
+        target = target[part]
+    return schema_problem(value, target, root, at)
+
+
+def _if(kind: str, check: Callable[..., Problem | None]) -> Callable[..., Problem | None]:
+    """``check``, for values of JSON type ``kind`` only (keywords ignore the other types)."""
+    return lambda value, arg, root, at: check(value, arg, root, at) if _TYPES[kind](value) else None
+
+
+def _required(value: dict, arg: list[str], root: dict[str, Any], at: tuple) -> Problem | None:
+    missing = next((k for k in arg if k not in value), None)
+    return None if missing is None else (at, f"{missing!r} is required")
+
+
+def _properties(value: dict, arg: dict[str, Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    return next((p for k, v in value.items() if k in arg and (p := schema_problem(v, arg[k], root, (*at, k)))), None)
+
+
+def _additional(value: dict, arg: tuple[dict[str, Any], Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    """``additionalProperties``; ``arg`` is (the sibling ``properties``, the keyword's value)."""
+    known, extra = arg
+    for k, v in value.items():
+        if k in known:
+            continue
+        if extra is False:
+            return (at, f"{k!r} is not an allowed field")
+        if isinstance(extra, dict) and (problem := schema_problem(v, extra, root, (*at, k))):
+            return problem
+    return None
+
+
+def _property_names(value: dict, arg: dict[str, Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    bad = next((k for k in value if schema_problem(k, arg, root, at) is not None), None)
+    return None if bad is None else (at, f"{bad!r} is not an allowed name ({arg.get('pattern', arg)})")
+
+
+def _min_properties(value: dict, arg: int, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if len(value) >= arg else (at, f"must have at least {arg} field{'s' * (arg != 1)}")
+
+
+def _items(value: list, arg: dict[str, Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    return next((p for i, v in enumerate(value) if (p := schema_problem(v, arg, root, (*at, i)))), None)
+
+
+def _min_items(value: list, arg: int, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if len(value) >= arg else (at, f"must hold at least {arg} item{'s' * (arg != 1)}")
+
+
+def _min_length(value: str, arg: int, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if len(value) >= arg else (at, f"must be at least {arg} character{'s' * (arg != 1)} long")
+
+
+def _pattern(value: str, arg: str, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if re.search(arg, value) else (at, f"{value!r} does not match {arg}")
+
+
+def _minimum(value: float, arg: float, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if value >= arg else (at, f"must be at least {arg}")
+
+
+def _maximum(value: float, arg: float, root: dict[str, Any], at: tuple) -> Problem | None:
+    return None if value <= arg else (at, f"must be at most {arg}")
+
+
+def _one_of(value: Any, arg: list[dict[str, Any]], root: dict[str, Any], at: tuple) -> Problem | None:
+    """Exactly one branch; when none fits, the problem of the branch that got deepest into the
+    value (the form the author meant), or all of them when none got further than here."""
+    problems = [schema_problem(value, branch, root, at) for branch in arg]
+    fits = sum(p is None for p in problems)
+    if fits == 1:
+        return None
+    if fits > 1:
+        return (at, "fits more than one of the allowed forms")
+    deepest = max(problems, key=lambda p: len(p[0]))  # type: ignore[index]
+    if len(deepest[0]) > len(at):  # type: ignore[index]
+        return deepest
+    return (at, "fits none of the allowed forms (" + "; or ".join(p[1] for p in problems if p) + ")")
+
+
+def _not(value: Any, arg: dict[str, Any], root: dict[str, Any], at: tuple) -> Problem | None:
+    if schema_problem(value, arg, root, at) is not None:
+        return None
+    if set(arg) == {"required"}:
+        return (at, f"{', '.join(map(repr, arg['required']))} is not allowed here")
+    return (at, f"must not fit {json.dumps(arg)}")
+
+
+_KEYWORDS: dict[str, Callable[..., Problem | None]] = {
+    "type": _type,
+    "const": _const,
+    "enum": _enum,
+    "$ref": _ref,
+    "required": _if("object", _required),
+    "properties": _if("object", _properties),
+    "additionalProperties": _if("object", _additional),
+    "propertyNames": _if("object", _property_names),
+    "minProperties": _if("object", _min_properties),
+    "items": _if("array", _items),
+    "minItems": _if("array", _min_items),
+    "minLength": _if("string", _min_length),
+    "pattern": _if("string", _pattern),
+    "minimum": _if("number", _minimum),
+    "maximum": _if("number", _maximum),
+    "oneOf": _one_of,
+    "not": _not,
+}
 
 
 def manifest_entry(name: str, scale: int, path: Path | None = None) -> dict[str, Any] | None:

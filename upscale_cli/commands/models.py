@@ -72,8 +72,9 @@ def model_rows() -> list[dict[str, Any]]:
     from ..convert import converted_path
     from ..download import is_cached
     from ..models import get_arch, list_specs
-    from ..weights import manifest_entries
+    from ..weights import load_manifest, manifest_entries
 
+    load_manifest()  # a manifest that breaks its schema: said before any network is built
     rows = []
     specs = list_specs()
     counts = param_counts(specs)
@@ -109,6 +110,15 @@ def model_rows() -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=_order)
+
+
+def download_rows() -> list[dict[str, Any]]:
+    """One record per file that ``--weights URL`` cached, after the models in ``--json``:
+    ``weights`` is ``"downloaded"``; ``verified`` false means no hash checked its bytes (the
+    server gave none), only the server's ETag / Last-Modified / size, which the record keeps."""
+    from ..download import url_downloads
+
+    return [{"name": d["file"], "weights": "downloaded", "cached": True, **d} for d in url_downloads()]
 
 
 def _order(row: dict[str, Any]) -> tuple[int, str]:
@@ -155,23 +165,40 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _downloads_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Downloaded with --weights URL", title_justify="left")
+    for col in ("File", "Checked", "Size", "URL"):
+        table.add_column(col, justify="right" if col == "Size" else "left", overflow="fold")
+    for r in rows:
+        checked = "sha256" if r["verified"] else "[yellow]unverified[/] (no sha256 known)"
+        table.add_row(escape(r["file"]), checked, _human_bytes(r["size"]), escape(r["url"] or "?"))
+    return table
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB" if n >= 1e3 else f"{n} B"
+
+
 def _fail(err: UpscaleError) -> typer.Exit:
     print_error(str(err))
     return typer.Exit(err.exit_code)
 
 
 def models(json_out: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
-    """List the model zoo: architecture, scales, parameters, licence, cache state, paper PSNR."""
+    """List the model zoo: architecture, scales, parameters, licence, cache state, paper PSNR;
+    then the files ``--weights URL`` cached, each marked verified (a sha256) or unverified."""
     try:
-        rows = model_rows()
+        rows, downloads = model_rows(), download_rows()
     except UpscaleError as err:
         raise _fail(err) from None
     if json_out:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        Console().print(_table(rows))
-        Console().print("[dim]Cached: weights on disk (yes / no / the cached scales); '-': none needed; "
-                        "'train': no public weights, use --weights or `upscale train`.[/]")
+        typer.echo(json.dumps(rows + downloads, indent=2))
+        return
+    Console().print(_table(rows))
+    Console().print("[dim]Cached: weights on disk (yes / no / the cached scales); '-': none needed; "
+                    "'train': no public weights, use --weights or `upscale train`.[/]")
+    if downloads:
+        Console().print(_downloads_table(downloads))
 
 
 def download(

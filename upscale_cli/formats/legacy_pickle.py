@@ -45,6 +45,7 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickle
+import re
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -78,6 +79,8 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ComplexFloatStorage": torch.complex64,
     "UntypedStorage": torch.uint8,
 }
+_OS_MODULES = {"posix": "os", "nt": "os"}
+"""The modules behind ``os``: a pickle names ``os.system`` by the one it was made with."""
 _INERT_CALLS = frozenset({"torch.nn.backends.thnn._get_thnn_function_backend"})
 """Names a real pickle calls whose result is unused: torch < 0.4 stored ``module._backend``."""
 
@@ -234,6 +237,7 @@ class _Unpickler(pickle.Unpickler):
         module, name = _compat_pickle.NAME_MAPPING.get(
             (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
         )
+        module = _OS_MODULES.get(module, module)  # os.system pickles as posix.system: name it as written
         qualname = f"{module}.{name}"
         if qualname in _BUILDERS:
             return _BUILDERS[qualname]
@@ -303,6 +307,14 @@ def _load_legacy(path: Path) -> tuple[Any, _Unpickler, dict[str, bytes], bool]:
             if numel < 0 or len(data[key]) != nbytes:
                 raise FormatError(f"storage {key} is truncated")
     return tree, unpickler, data, sys.byteorder != "little"
+
+
+def _unreadable(err: Exception) -> str:
+    """The cause, in words, of a pickle that :mod:`pickle` itself cannot read."""
+    found = re.fullmatch(r"unsupported pickle protocol: (\d+)", str(err))
+    if found is not None:
+        return f"unsupported pickle protocol {found.group(1)} (protocols 0 to {pickle.HIGHEST_PROTOCOL} are read)"
+    return f"a damaged or truncated pickle ({str(err) or type(err).__name__})"
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -394,7 +406,10 @@ def _plain(obj: Any, make: Callable[[_TensorRef], Tensor], seen: set[int]) -> An
 
 def _read(path: Path, key: str | None) -> Checkpoint:
     loader = _load_zip if zipfile.is_zipfile(path) else _load_legacy
-    tree, unpickler, data, swap = loader(path)
+    try:
+        tree, unpickler, data, swap = loader(path)
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:  # what pickle raises on a stream it cannot read
+        raise FormatError(_unreadable(err)) from None
     make = _tensor_maker(data, swap)
     try:
         sd = unwrap_state_dict(_plain(tree, make, set()), key)[0]

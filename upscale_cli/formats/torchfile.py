@@ -2,8 +2,9 @@
 
 safetensors go through :mod:`safetensors`; torch files through
 ``torch.load(..., weights_only=True, map_location="cpu")``, which builds only tensors and
-plain containers.  A torch file that pickles whole modules (``torch.save(model)``) is refused
-by that loader and handed to :mod:`.legacy_pickle`, whose restricted unpickler extracts the
+plain containers.  A torch file that pickles whole modules (``torch.save(model)``), or that
+uses a pickle protocol above 2 (torch's reader knows protocol 2's opcodes only), is refused by
+that loader and handed to :mod:`.legacy_pickle`, whose restricted unpickler extracts the
 tensors without importing or calling anything the file names.
 
 Checkpoints of other projects come wrapped in many ways (BasicSR's ``{"params_ema": ...}``,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,10 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network",
 _PREFIXES = ("module.",)
 _ZIP = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
+_RESTRICTED_READS = re.compile(r"GLOBAL [\w.]+|Unsupported operand \d+")
+"""What ``torch.load(weights_only=True)`` refuses that :mod:`.legacy_pickle` reads safely: a
+global it does not allow (a pickled module), an opcode of pickle protocols 3-5 (``FRAME``,
+``STACK_GLOBAL``, ``MEMOIZE`` ...) that its own unpickler, written for protocol 2, lacks."""
 
 
 def is_safetensors(path: Path, head: bytes | None = None) -> bool:
@@ -96,12 +102,14 @@ def _read(path: Path, key: str | None) -> Checkpoint:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         return Checkpoint(_unwrapped(tensors, key), "safetensors", metadata)
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # its note on pickle protocols > 2: those go to the restricted reader
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        if re.search(r"GLOBAL ([\w.]+)", str(err)) is None:  # damaged, not a refused object
+        if _RESTRICTED_READS.search(str(err)) is None:  # damaged, not a refused object
             detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
             raise FormatError(f"not a readable checkpoint ({detail.group(1).strip() if detail else err})") from None
-        from .legacy_pickle import FORMAT as LEGACY  # pickled modules: the restricted reader
+        from .legacy_pickle import FORMAT as LEGACY  # pickled modules, newer protocols: the restricted reader
 
         return LEGACY.read(path, key)
     return Checkpoint(_unwrapped(obj, key), "torch")
