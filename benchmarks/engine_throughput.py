@@ -107,7 +107,8 @@ def throughput(size: int) -> list[str]:
         wall, cpu = timed(lambda up=up: up.upscale(x))
         base = base or cpu
         rows.append(
-            f"| {label} | {plan.tile_height}x{plan.tile_width} ({plan.overlap}) | {plan.count} (batch {plan.batch_size}) "
+            f"| {label} | {plan.tile_height}x{plan.tile_width} ({plan.overlap}) "
+            f"| {plan.count} (batch {plan.batch_size}) "
             f"| {wall:.1f} | {cpu:.1f} | {out_mp / wall:.3f} | {out_mp / cpu:.3f} | {100 * (cpu / base - 1):+.1f} % |"
         )
         print(rows[-1], flush=True)

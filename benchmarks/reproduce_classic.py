@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 def cpu_flags() -> str:
     """The bf16/AVX flags of this CPU that matter for the figures."""
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
     except (OSError, StopIteration):
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -72,7 +74,10 @@ def bench(name: str, scale: int, sets: list[str], cache: Path, threads: int | No
         cmd += ["--set", s]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        sys.exit(f"{name} x{scale}: bench failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})")
+        sys.exit(
+            f"{name} x{scale}: bench failed "
+            f"({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})"
+        )
     return json.loads(out.stdout)["rows"]
 
 
@@ -99,9 +104,13 @@ def main() -> None:
                     ref = entry.get("paper", {}).get(row["set"], {}).get("psnr")
                     diff = f"{row['psnr'] - ref:+.2f}" if ref is not None else ""
                     print(f"| {name} | x{scale} | {row['set']} | {ref if ref is not None else '-'} | "
-                          f"{row['psnr']:.2f} / {row['ssim']:.4f} | {diff} | {row['params']:,} | {row['mp_per_s']:.2f} |",
+                          f"{row['psnr']:.2f} / {row['ssim']:.4f} | {diff} | "
+                          f"{row['params']:,} | {row['mp_per_s']:.2f} |",
                           flush=True)  # fmt: skip
-                    rows.append({"model": name, "scale": scale, "reference": ref, **{k: v for k, v in row.items() if k != "per_image"}})
+                    rows.append({
+                        "model": name, "scale": scale, "reference": ref,
+                        **{k: v for k, v in row.items() if k != "per_image"},
+                    })
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
 

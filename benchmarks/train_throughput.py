@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=48)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "train")
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--workers", default=None, help="comma-separated worker counts (default: the trainer's default)")
+    parser.add_argument(
+        "--workers", default=None, help="comma-separated worker counts (default: the trainer's default)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration")
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
@@ -103,7 +105,8 @@ def main() -> None:
             else:
                 print(
                     f"| {row['model']} x{row['scale']} b{row['batch']} p{row['patch']} | {precision} | {w} | "
-                    f"{row['steps_per_s']:.3f} | {row['seconds_per_step']:.2f} | {100 * row['data_wait_share']:.1f} % |",
+                    f"{row['steps_per_s']:.3f} | {row['seconds_per_step']:.2f} | "
+                    f"{100 * row['data_wait_share']:.1f} % |",
                     flush=True,
                 )
 

@@ -72,7 +72,9 @@ def online(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UPSCALE_OFFLINE", raising=False)
 
 
-def assert_tiled_equals_whole(model, image: torch.Tensor, atol: float = 1e-5, extra: int = 4, min_tiles: int = 2) -> None:
+def assert_tiled_equals_whole(
+    model, image: torch.Tensor, atol: float = 1e-5, extra: int = 4, min_tiles: int = 2
+) -> None:
     """Tiles of side ``2 * radius + extra`` overlapping by the model's receptive-field radius
     give exactly the whole-image output (fp32, CPU), and the image really is cut in tiles."""
     from upscale_cli.engine import Upscaler

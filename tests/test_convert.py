@@ -157,7 +157,9 @@ def test_convert_writes_a_file_that_loads_with_no_other_flag(tmp_path: Path) -> 
 def test_convert_never_overwrites_its_input(tmp_path: Path) -> None:
     _, sd = fsrcnn_file()
     src = tmp_path / "mine.safetensors"
-    save_weights(src, sd, name="m", arch="fsrcnn", kwargs={"d": 56, "s": 12, "m": 4}, scales=[2], scale=2, convention="y")
+    save_weights(
+        src, sd, name="m", arch="fsrcnn", kwargs={"d": 56, "s": 12, "m": 4}, scales=[2], scale=2, convention="y"
+    )
     before = src.read_bytes()
     result = CliRunner().invoke(_group_app(), ["convert", str(src), "--overwrite"])
     assert result.exit_code == 2 and "overwrite the input" in result.output

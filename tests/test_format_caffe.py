@@ -68,13 +68,17 @@ def conv_param(num_output: int, kernel: int, pad: int, stride: int = 1, group: i
     return vi(1, num_output) + vi(3, pad) + vi(4, kernel) + vi(5, group) + vi(6, stride)
 
 
-def layer(name: str, kind: str, bottom: list[str], top: list[str], blobs: list[bytes] = (), extra: bytes = b"") -> bytes:
+def layer(
+    name: str, kind: str, bottom: list[str], top: list[str], blobs: list[bytes] = (), extra: bytes = b""
+) -> bytes:
     """A LayerParameter (NetParameter.layer = 100)."""
     body = ld(1, name) + ld(2, kind) + b"".join(ld(3, b) for b in bottom) + b"".join(ld(4, t) for t in top)
     return ld(100, body + b"".join(ld(7, b) for b in blobs) + extra)
 
 
-def v1_layer(name: str, kind: int, bottom: list[str], top: list[str], blobs: list[bytes] = (), extra: bytes = b"") -> bytes:
+def v1_layer(
+    name: str, kind: int, bottom: list[str], top: list[str], blobs: list[bytes] = (), extra: bytes = b""
+) -> bytes:
     """A V1LayerParameter (NetParameter.layers = 2): type is the LayerType enum."""
     body = b"".join(ld(2, b) for b in bottom) + b"".join(ld(3, t) for t in top) + ld(4, name) + vi(5, kind)
     return ld(2, body + b"".join(ld(6, b) for b in blobs) + extra)
@@ -116,9 +120,13 @@ def test_layer_net_packed_blobs_with_shape(tmp_path: Path) -> None:
 
 
 def test_legacy_layers_unpacked_floats_and_4d_dims(tmp_path: Path) -> None:
-    net = ld(1, "old") + v1_layer("conv1", 4, ["data"], ["conv1"],
-                                  [blob(W, W.shape, legacy=True, packed=False), blob(B, B.shape, legacy=True, packed=False)],
-                                  ld(10, vi(1, 2) + vi(11, 3) + vi(12, 3))) + v1_layer("relu1", 18, ["conv1"], ["conv1"])
+    net = (
+        ld(1, "old")
+        + v1_layer("conv1", 4, ["data"], ["conv1"],
+                   [blob(W, W.shape, legacy=True, packed=False), blob(B, B.shape, legacy=True, packed=False)],
+                   ld(10, vi(1, 2) + vi(11, 3) + vi(12, 3)))
+        + v1_layer("relu1", 18, ["conv1"], ["conv1"])
+    )
     net += v1_layer("up", 39, ["conv1"], ["up"], [blob(W, W.shape, legacy=True, double=True)])
     ckpt = formats.read(write(tmp_path, net, "old.caffemodel"))
     assert [lay["type"] for lay in ckpt.facts["layers"]] == ["Convolution", "ReLU", "Deconvolution"]
@@ -161,7 +169,10 @@ def test_never_claims_other_formats(tmp_path: Path) -> None:
         (ld(1, "n") + vi(5, 1), "no Caffe layers"),
         (layer("c", "Convolution", [], []) + v1_layer("d", 4, [], []), "both 'layer' and legacy 'layers'"),
         (ld(2, ld(1, ld(1, "v0"))), "a V0 Caffe net"),
-        (layer("c", "X", [], [], [blob(B, B.shape)]) + layer("c", "X", [], [], [blob(B, B.shape)]), "two layers named 'c'"),
+        (
+            layer("c", "X", [], [], [blob(B, B.shape)]) + layer("c", "X", [], [], [blob(B, B.shape)]),
+            "two layers named 'c'",
+        ),
         (layer("c", "Convolution", [], []), "holds no tensors"),
     ],
     ids=["shape-mismatch", "no-layers", "both-kinds", "v0", "duplicate", "no-blobs"],
@@ -231,7 +242,9 @@ def expected_blobs(layers: list[dict]) -> dict[str, tuple[int, ...]]:
         kind, bottoms = lay["type"], [channels[b] for b in lay["bottom"]]
         if kind in ("Convolution", "Deconvolution"):
             n, k, g = lay["num_output"], lay["kernel_size"], lay["group"]
-            out[f"{lay['name']}.0"] = (n, bottoms[0] // g, k, k) if kind == "Convolution" else (bottoms[0], n // g, k, k)
+            out[f"{lay['name']}.0"] = (
+                (n, bottoms[0] // g, k, k) if kind == "Convolution" else (bottoms[0], n // g, k, k)
+            )
             out[f"{lay['name']}.1"] = (n,)
             tops = [n]
         elif kind == "Slice":

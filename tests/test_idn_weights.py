@@ -81,7 +81,9 @@ def test_caffe_model_equals_the_authors_forward(caffe_model: tuple[int, dict[str
     with torch.no_grad():
         ours = net(x)
         assert ours.shape == (1, 1, 10 * scale, 9 * scale)
-        torch.testing.assert_close(ours[..., scale - 1 :, scale - 1 :], authors_forward(raw, x, scale), atol=2e-5, rtol=0)
+        torch.testing.assert_close(
+            ours[..., scale - 1 :, scale - 1 :], authors_forward(raw, x, scale), atol=2e-5, rtol=0
+        )
 
 
 def test_tiled_equals_whole_image() -> None:

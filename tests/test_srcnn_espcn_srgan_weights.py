@@ -176,7 +176,9 @@ WRITTEN = [  # file name, layout, family, kwargs, scale read off the file (name 
 ]
 
 
-OWN_LAYOUT: dict[str, Layout] = {"srcnn": lornatang_layout, "espcn": lambda: nhat_thanh_layout(2), "srgan": leftthomas_layout}
+OWN_LAYOUT: dict[str, Layout] = {
+    "srcnn": lornatang_layout, "espcn": lambda: nhat_thanh_layout(2), "srgan": leftthomas_layout
+}
 
 
 def _unchanged(out: StateDict, sd: StateDict) -> bool:

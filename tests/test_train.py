@@ -247,14 +247,18 @@ def test_highpass_compares_residuals_and_y_models_train_on_luma() -> None:
 # --- VGG weights ----------------------------------------------------------------------------
 
 
-def test_vgg_weights_absent_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edge_files: list[str]) -> None:
+def test_vgg_weights_absent_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edge_files: list[str]
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(vgg.ENV_VAR, raising=False)
     with pytest.raises(WeightsError) as err:
         vgg.load_vgg("vgg19", ["relu5_4"])
     msg = str(err.value)
     assert "\n" not in msg and "vgg19-dcbb9e9d.pth" in msg and "--vgg-weights" in msg
-    result = CliRunner().invoke(cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--loss": "l1=1,perceptual=0.1"})])
+    result = CliRunner().invoke(
+        cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--loss": "l1=1,perceptual=0.1"})]
+    )
     assert result.exit_code == 3 and "vgg19-dcbb9e9d.pth" in result.output
 
 
@@ -297,7 +301,14 @@ def _edge_crops(folder: Path, files: list[str], side: int = 48) -> list[torch.Te
         img = torch.from_numpy(decode_rgb8(Path(f)).copy()).permute(2, 0, 1).float() / 255
         best = max(
             ((y, x) for y in range(0, img.shape[1] - side + 1, 16) for x in range(0, img.shape[2] - side + 1, 16)),
-            key=lambda p: float((imresize(bicubic_lr(c := img[:, p[0] : p[0] + side, p[1] : p[1] + side], 2).float() / 255, scale=2) - c).pow(2).mean()),
+            key=lambda p: float(
+                (
+                    imresize(bicubic_lr(c := img[:, p[0] : p[0] + side, p[1] : p[1] + side], 2).float() / 255, scale=2)
+                    - c
+                )
+                .pow(2)
+                .mean()
+            ),
         )
         crop = img[:, best[0] : best[0] + side, best[1] : best[1] + side]
         Image.fromarray((crop * 255).round().byte().permute(1, 2, 0).numpy()).save(folder / Path(f).name)
@@ -332,7 +343,9 @@ def test_espcn_x2_trained_200_steps_beats_bicubic_by_1db(tmp_path: Path, edge_fi
     info = json.loads((result.out_dir / "model.json").read_text())
     assert info["validation"]["step"] in (100, 200)
     assert info["validation"]["psnr"] == pytest.approx(np.mean(sr_psnr), abs=1e-6)
-    assert info["validation"]["psnr"] == max(r["val_psnr"] for r in read_log(result.out_dir / "log.jsonl") if "val_psnr" in r)
+    assert info["validation"]["psnr"] == max(
+        r["val_psnr"] for r in read_log(result.out_dir / "log.jsonl") if "val_psnr" in r
+    )
 
 
 def test_resume_after_kill_9_reproduces_the_uninterrupted_losses(tmp_path: Path, edge_files: list[str]) -> None:
@@ -374,7 +387,9 @@ def test_stop_at_then_resume_is_the_uninterrupted_run(tmp_path: Path, edge_files
         run_train(tmp_path / "bad", stop_at=13, **options)
 
 
-def test_gan_run_resumes_exactly_after_a_crash(tmp_path: Path, edge_files: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gan_run_resumes_exactly_after_a_crash(
+    tmp_path: Path, edge_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(vgg, "ALLOW_RANDOM_WEIGHTS", True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(vgg.ENV_VAR, raising=False)
@@ -419,7 +434,9 @@ def test_existing_runs_are_not_overwritten_and_resume_needs_a_checkpoint(tmp_pat
 def test_tensorboard_is_optional(tmp_path: Path, edge_files: list[str]) -> None:
     import importlib.util
 
-    result = CliRunner().invoke(cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--steps": "1"}), "--tensorboard"])
+    result = CliRunner().invoke(
+        cli_app(), ["train", *cli_flags(tmp_path / "o", edge_files, **{"--steps": "1"}), "--tensorboard"]
+    )
     if importlib.util.find_spec("tensorboard") is None:
         assert result.exit_code == 2 and "pip install tensorboard" in result.output
     else:
@@ -469,7 +486,9 @@ def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[
     info = json.loads((result.out_dir / "model.json").read_text())
     path = result.out_dir / "model.safetensors"
     assert info["sha256"] == sha256_file(path) and info["size"] == path.stat().st_size
-    assert (info["name"], info["arch"], info["scales"], info["scale"], info["convention"]) == ("carn-m", "carn", [3, 2], 3, "rgb")
+    assert (info["name"], info["arch"], info["scales"], info["scale"], info["convention"]) == (
+        "carn-m", "carn", [3, 2], 3, "rgb"
+    )
     assert info["training"]["steps"] == 3 and info["training"]["weights"] == "ema"
     ema = load_checkpoint(result.out_dir / "checkpoint.pt")["ema"]["module"]
     net = create_model("carn-m", 2)
@@ -498,13 +517,18 @@ def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[
     # --init starts a new run from these weights; a file of another architecture is refused
     from upscale_cli.train.ddp import DistContext
 
-    fine_tune = build_config({"model": "carn-m", "scale": "2", "data": edge_files, "init": str(path), "out": str(tmp_path / "ft")})
+    fine_tune = build_config(
+        {"model": "carn-m", "scale": "2", "data": edge_files, "init": str(path), "out": str(tmp_path / "ft")}
+    )
     started = Trainer(fine_tune, DistContext(), Console(file=io.StringIO()))
     started.close()
     weights = load_file(path)
     assert all(torch.equal(t, weights[k]) for k, t in started.net.state_dict().items())
     with pytest.raises(WeightsError, match="--init"):
-        Trainer(build_config({**fine_tune.to_dict(), "model": "carn", "loss": "l1=1", "out": str(tmp_path / "x")}), DistContext())
+        Trainer(
+            build_config({**fine_tune.to_dict(), "model": "carn", "loss": "l1=1", "out": str(tmp_path / "x")}),
+            DistContext(),
+        )
     schema = json.loads((REPO / "upscale_cli" / "manifest_schema.json").read_text())
     entry = manifest_entry(info, 2, [{"url": "https://example.org/carn-m-mine.safetensors"}])
     jsonschema.validate({"version": 1, "models": {"carn-m-mine": {"2": entry}}}, schema)

@@ -80,7 +80,8 @@ def test_save_weights_writes_metadata_and_contiguous_cpu_tensors(tmp_path: Path)
     assert not sd["w"].is_contiguous()
     path = tmp_path / "sub" / "m.safetensors"
     digest = save_weights(
-        path, sd, name="mine", arch="fsrcnn", kwargs={"d": 56}, scales=[2, 3], scale=3, convention="y", extra={"epochs": 5}
+        path, sd, name="mine", arch="fsrcnn", kwargs={"d": 56}, scales=[2, 3], scale=3, convention="y",
+        extra={"epochs": 5},
     )
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left behind
@@ -177,7 +178,10 @@ def test_key_diff_is_readable() -> None:
     del sd["0.bias"]
     sd["extra.w"] = torch.ones(1)
     diff = key_diff(net.state_dict(), sd)
-    assert diff == "1 missing: 0.bias; 1 unexpected: extra.w; 1 shape mismatch (file vs model): 2.weight (3, 4, 3, 3) vs (3, 8, 3, 3)"
+    assert diff == (
+        "1 missing: 0.bias; 1 unexpected: extra.w; "
+        "1 shape mismatch (file vs model): 2.weight (3, 4, 3, 3) vs (3, 8, 3, 3)"
+    )
     with pytest.raises(WeightsError, match=r"^w\.pth: weights do not fit the network \(1 missing: 0\.bias;"):
         load_strict(net, sd, "w.pth")
     many = {f"k{i}": torch.ones(1) for i in range(7)}
@@ -194,7 +198,9 @@ def test_key_diff_is_readable() -> None:
         ("realesr-animevideov3.pth", "srvgg", {"num_feat": 64, "num_conv": 16}, 4),
     ],
 )
-def test_detect_fixture_families_from_keys(checkpoints: Path, file: str, arch: str, kwargs: dict, scale: int | None) -> None:
+def test_detect_fixture_families_from_keys(
+    checkpoints: Path, file: str, arch: str, kwargs: dict, scale: int | None
+) -> None:
     sd, _ = read_checkpoint(checkpoints / file)
     found, got_kwargs, got_scale = detect_arch(sd)
     assert found.name == arch
@@ -285,7 +291,9 @@ def test_interrupted_download_resumes_next_time(server: Loopback, payload: bytes
     assert server.gets("/w/conv.pth") == [None, f"bytes={third}-"]
 
 
-def test_server_without_range_support_restarts_cleanly(server: Loopback, payload: bytes, manifest, online: None) -> None:
+def test_server_without_range_support_restarts_cleanly(
+    server: Loopback, payload: bytes, manifest, online: None
+) -> None:
     server.files["/w/conv.pth"] = payload
     server.range_ok = False
     manifest(entry_for(payload, [{"url": server.base + "/w/conv.pth"}]))
@@ -327,7 +335,9 @@ def test_every_source_failing_is_one_clear_error(server: Loopback, payload: byte
 
 
 @pytest.mark.parametrize("var", ["UPSCALE_OFFLINE", "HF_HUB_OFFLINE"])
-def test_offline_with_nothing_cached(server: Loopback, payload: bytes, manifest, online: None, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+def test_offline_with_nothing_cached(
+    server: Loopback, payload: bytes, manifest, online: None, monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
     server.files["/w/conv.pth"] = payload
     url = server.base + "/w/conv.pth"
     manifest(entry_for(payload, [{"url": url}]))
@@ -402,7 +412,9 @@ def test_models_without_weights_say_how_to_get_them(monkeypatch: pytest.MonkeyPa
 # --- --weights: paths, URLs, hf:// -------------------------------------------------------------------
 
 
-def test_weights_url_is_downloaded_once_and_checked_against_its_name(server: Loopback, payload: bytes, online: None) -> None:
+def test_weights_url_is_downloaded_once_and_checked_against_its_name(
+    server: Loopback, payload: bytes, online: None
+) -> None:
     digest = hashlib.sha256(payload).hexdigest()
     server.files[f"/x/conv-{digest[:8]}.pth"] = payload
     server.files["/x/liar-00000000.pth"] = payload
@@ -416,7 +428,9 @@ def test_weights_url_is_downloaded_once_and_checked_against_its_name(server: Loo
 
 def test_weights_url_offline() -> None:
     url = "http://127.0.0.1:9/x/conv.pth"
-    with pytest.raises(WeightsError, match=r"x/conv\.pth: offline and not cached.*put it at .*urls/[0-9a-f]{16}/conv\.pth"):
+    with pytest.raises(
+        WeightsError, match=r"x/conv\.pth: offline and not cached.*put it at .*urls/[0-9a-f]{16}/conv\.pth"
+    ):
         resolve_weights(None, None, weights=url)
 
 
@@ -462,7 +476,9 @@ def hub(server: Loopback, monkeypatch: pytest.MonkeyPatch, online: None, tmp_pat
     return server
 
 
-def test_hf_source_through_the_hub_client(hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_source_through_the_hub_client(
+    hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub.files["/org/bad/resolve/main/conv.pth"] = b"wrong" + payload
     hub.files["/org/weights/resolve/v1/sub/conv.pth"] = payload
     sources = [
@@ -482,7 +498,9 @@ def test_hf_source_through_the_hub_client(hub: Loopback, payload: bytes, manifes
 
 
 @pytest.mark.parametrize("var", ["UPSCALE_OFFLINE", "HF_HUB_OFFLINE"])
-def test_hf_offline_and_not_cached(hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+def test_hf_offline_and_not_cached(
+    hub: Loopback, payload: bytes, manifest, monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
     manifest(entry_for(payload, [{"hf": {"repo_id": "org/weights", "filename": "conv.pth", "revision": "main"}}]))
     monkeypatch.setenv(var, "1")
     with pytest.raises(WeightsError, match=r"conv\.pth.*offline.*hf://org/weights/conv\.pth@main.*put it at"):

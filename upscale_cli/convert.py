@@ -67,6 +67,8 @@ def export(loaded: LoadedModel, out: Path, scales: Sequence[int], extra: Mapping
 
 def record_conversion(path: Path, digest: str, entry: Mapping[str, Any], source_format: str) -> None:
     """Keep the sha256 of a fresh conversion beside it, with the upstream file it came from."""
-    facts = {"sha256": digest, "source_sha256": entry.get("sha256"), "source_file": entry["file"], "format": source_format}
+    facts = {
+        "sha256": digest, "source_sha256": entry.get("sha256"), "source_file": entry["file"], "format": source_format
+    }
     with atomic_path(_record_path(path)) as tmp:
         tmp.write_text(json.dumps(facts, indent=1, sort_keys=True), encoding="utf-8")

@@ -21,9 +21,15 @@ def _output(source: Path, out: Path | None) -> Path:
 
 
 def convert(
-    file: Path = typer.Argument(..., help="A checkpoint of any supported format (.pth, .safetensors, .mat, .caffemodel, .params, ...)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write (default: FILE's stem + .safetensors beside it)."),
-    arch: str | None = typer.Option(None, "--arch", help="Model name or architecture family, when the keys do not tell."),
+    file: Path = typer.Argument(
+        ..., help="A checkpoint of any supported format (.pth, .safetensors, .mat, .caffemodel, .params, ...)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Where to write (default: FILE's stem + .safetensors beside it)."
+    ),
+    arch: str | None = typer.Option(
+        None, "--arch", help="Model name or architecture family, when the keys do not tell."
+    ),
     scale: int | None = typer.Option(None, "--scale", "-s", help="The scale, when the file does not tell."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object describing the result."),

@@ -46,7 +46,9 @@ SUFFIX = ".caffemodel"
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
 # NetParameter fields and the wire types they may have (a repeated int64 may come packed)
-_NET_FIELDS = {1: {_LEN}, 2: {_LEN}, 3: {_LEN}, 4: {_VARINT, _LEN}, 5: {_VARINT}, 6: {_LEN}, 7: {_VARINT}, 8: {_LEN}, 100: {_LEN}}
+_NET_FIELDS = {
+    1: {_LEN}, 2: {_LEN}, 3: {_LEN}, 4: {_VARINT, _LEN}, 5: {_VARINT}, 6: {_LEN}, 7: {_VARINT}, 8: {_LEN}, 100: {_LEN}
+}
 _NAME, _LAYERS_V1, _LAYER = 1, 2, 100
 
 # (name, type, bottom, top, blobs, convolution_param, relu_param) field numbers
@@ -165,7 +167,9 @@ def _reals(buf: bytes, msg: Fields, field: int, double: bool) -> np.ndarray:
         if wire == _LEN:
             start, end = value
             if (end - start) % size:
-                raise FormatError(f"damaged: packed field {field} of {end - start} bytes is not whole {dtype[1:]} values")
+                raise FormatError(
+                    f"damaged: packed field {field} of {end - start} bytes is not whole {dtype[1:]} values"
+                )
             parts.append(np.frombuffer(buf, dtype=dtype, count=(end - start) // size, offset=start))
         elif wire == wire_one:
             parts.append(np.frombuffer(value, dtype=dtype))
