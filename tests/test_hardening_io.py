@@ -409,14 +409,14 @@ def test_an_animation_is_complete_only_with_every_frame(tmp_path: Path) -> None:
 
 def test_stale_temps_from_a_killed_run_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[str] = []
-    real_mkstemp = tempfile.mkstemp
+    real_open = os.open
 
-    def recording_mkstemp(*args, **kwargs):
-        fd, name = real_mkstemp(*args, **kwargs)
-        made.append(name)
-        return fd, name
+    def recording_open(name, *args, **kwargs):
+        if str(name).endswith(".tmp"):
+            made.append(str(name))
+        return real_open(name, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(os, "open", recording_open)
     uio.write_image(uio.from_numpy(np.zeros((2, 2), np.uint8)), tmp_path / "a.png")
     with files.atomic_path(tmp_path / "w.pt") as tmp:
         tmp.write_bytes(b"weights")

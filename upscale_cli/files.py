@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
-import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +21,35 @@ UMASK = _read_umask()
 """The process umask, read once at import (reading it means setting it)."""
 
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-"""The names of the temporary files :func:`atomic_path` and the image writer make beside their
-target: ``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")``, whose random part is 8 characters
-of ``[a-z0-9_]``."""
+"""The names of the temporary files :func:`fresh_temp` makes beside a target: ``.NAME.`` plus
+8 random characters of ``[a-z0-9_]`` plus ``.tmp``."""
+
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+@contextmanager
+def fresh_temp(path: Path) -> Iterator[tuple[int, Path]]:
+    """Create ``.NAME.XXXXXXXX.tmp`` beside ``path`` (mode 0600) and yield its open descriptor
+    and path; on any exception (Ctrl-C and SIGTERM included) the file is removed.
+
+    The name is chosen before the file is created, so a signal that lands between the creation
+    and the caller's first line still finds the name to remove (``tempfile.mkstemp`` leaves no
+    such handle: a SIGTERM there left the temp behind)."""
+    tmp: Path | None = None
+    try:
+        while True:
+            tmp = path.parent / f".{path.name}.{''.join(secrets.choice(_TEMP_CHARS) for _ in range(8))}.tmp"
+            try:
+                fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+                break
+            except FileExistsError:
+                continue
+        yield fd, tmp
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -34,15 +60,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     file is removed and ``path`` is left untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with fresh_temp(path) as (fd, tmp):
         os.close(fd)
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual mode
+        yield tmp
+        os.chmod(tmp, 0o666 & ~UMASK)  # the temp is 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sweep_stale_temps(folder: Path, older_than: float, names: Collection[str] | None = None) -> list[Path]:

@@ -72,7 +72,6 @@ import math
 import os
 import stat
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,6 +92,7 @@ from .encoders import write_png as _write_png
 from .encoders import write_tiff16 as _write_tiff16
 from .errors import InputError, UsageError
 from .files import UMASK as _UMASK
+from .files import fresh_temp
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -1327,21 +1327,14 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None], overwrite: bool
     """Write through ``.NAME.XXXXXXXX.tmp`` beside ``path`` (the pattern that
     :func:`upscale_cli.files.sweep_stale_temps` removes), removed on any exception, Ctrl-C and
     SIGTERM (:class:`~upscale_cli.reporting.Terminated`) included."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with fresh_temp(path) as (fd, tmp):
         if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+            os.fchmod(fd, 0o666 & ~_UMASK)  # the temp is 0600; give the usual permissions
         with os.fdopen(fd, "w+b") as f:  # readable too: Pillow's multi-page TIFF writer reads back
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        _publish(str(tmp), path, overwrite)
     _fsync_dir(path.parent)
 
 
