@@ -172,5 +172,5 @@ def test_convert_names_the_format_and_what_is_missing(tmp_path: Path) -> None:
     result = CliRunner().invoke(_group_app(), ["convert", str(src)])
     assert result.exit_code == 3
     line = result.output.strip()
-    assert "\n" not in line and "odd.pth" in line and "(torch file)" in line and "--arch" in line
+    assert "\n" not in line and "odd.pth" in line and "(torch file)" in line and "no known family" in line
     assert not (tmp_path / "odd.safetensors").exists()

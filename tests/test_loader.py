@@ -82,7 +82,9 @@ def test_classical_models_need_no_weights() -> None:
 def test_random_weights_for_training() -> None:
     m = load_model("srcnn", 2, pretrained=False)
     assert m.source == "random" and m.params > 0 and m.sha256 is None
-    with pytest.raises(WeightsError, match=r"srcnn x2: no verified public weights.*--weights FILE.*upscale train srcnn"):
+    with pytest.raises(
+        WeightsError, match=r"srcnn x2: no verified public weights.*--weights FILE.*upscale train srcnn"
+    ):
         load_model("srcnn", 2)
 
 
@@ -125,7 +127,8 @@ def test_multiscale_export_runs_at_each_of_its_scales(tmp_path: Path) -> None:
     torch.manual_seed(2)
     net = load_model("carn-m", 2, pretrained=False)
     path = tmp_path / "carn.safetensors"
-    save_weights(path, net.module.state_dict(), name="c", arch="carn", kwargs=net.kwargs, scales=[2, 3, 4], scale=2, convention="rgb")
+    save_weights(path, net.module.state_dict(), name="c", arch="carn", kwargs=net.kwargs, scales=[2, 3, 4], scale=2,
+                 convention="rgb")
     m = load_model(weights=str(path), scale=4)
     assert m.scale == 4
     x = torch.rand(1, 3, 5, 5)
@@ -149,16 +152,29 @@ def test_arch_as_family_or_model_name(checkpoints: Path) -> None:
     path = str(checkpoints / "carn_m.pth")
     assert load_model(weights=path, arch="carn", scale=3).kwargs["mobile"] is True  # family: read off shapes
     assert load_model(weights=path, arch="carn-m", scale=3).kwargs == {"mobile": True, "group": 4}
-    with pytest.raises(WeightsError, match=r"carn_m\.pth \(edsr x2\): weights do not fit the network \(\d+ missing: sub_mean"):
+    misfit = r"carn_m\.pth \(edsr x2\): weights do not fit the network \(\d+ missing: sub_mean"
+    with pytest.raises(WeightsError, match=misfit):
         load_model(weights=path, arch="edsr-baseline", scale=2)
     with pytest.raises(WeightsError, match=r"not a checkpoint of the fsrcnn family"):
         load_model(weights=path, arch="fsrcnn", scale=2)
 
 
+def test_arch_kwargs_over_a_family_or_a_model_name(checkpoints: Path) -> None:
+    """``--arch NAME:key=value``: kwargs over those read off the file (family) or the model's;
+    a named model's published weights take none."""
+    path = str(checkpoints / "carn_m.pth")
+    assert load_model(weights=path, arch="carn:group=4", scale=3).kwargs == {"mobile": True, "group": 4, "feats": 64}
+    assert load_model(weights=path, arch="carn-m:group=4", scale=3).kwargs == {"mobile": True, "group": 4}
+    with pytest.raises(WeightsError, match=r"weights do not fit the network \(.*shape mismatch"):
+        load_model(weights=path, arch="carn:group=2", scale=3)
+    with pytest.raises(UsageError, match="kwargs apply to --weights files and to random weights"):
+        load_model("carn-m", 2, arch="carn:group=4")
+    assert load_model("carn-m", 2, arch="carn", pretrained=False).kwargs == {"mobile": True, "group": 4}
+
+
 def test_scale_read_from_the_file_name() -> None:
-    assert [scale_from_name(n) for n in ("fsrcnn_x3.pth", "RealESRGAN_x4plus.pth", "4x_foo.pth", "carn_m.pth", "a_x2_x4.pth")] == [
-        3, 4, 4, None, None
-    ]
+    names = ("fsrcnn_x3.pth", "RealESRGAN_x4plus.pth", "4x_foo.pth", "carn_m.pth", "a_x2_x4.pth")
+    assert [scale_from_name(n) for n in names] == [3, 4, 4, None, None]
 
 
 def test_scale_required_when_nothing_tells_it(checkpoints: Path, tmp_path: Path) -> None:
@@ -213,7 +229,8 @@ def test_download_from_cache_and_usage_errors(cli: typer.Typer, checkpoints: Pat
     assert [(d["scales"], Path(d["path"]).name) for d in json.loads(result.stdout)] == [
         ([2], "fsrcnn_x2.pth"), ([3], "fsrcnn_x3.pth"), ([4], "fsrcnn_x4.pth")
     ]
-    assert CliRunner().invoke(cli, ["download", "fsrcnn", "--scale", "3"]).stdout.strip() == str(cache_dir() / "fsrcnn_x3.pth")
+    x3 = CliRunner().invoke(cli, ["download", "fsrcnn", "--scale", "3"])
+    assert x3.stdout.strip() == str(cache_dir() / "fsrcnn_x3.pth")
     assert CliRunner().invoke(cli, ["download", "fsrcnn", "--scale", "3", "--all"]).exit_code == EXIT_USAGE
     assert CliRunner().invoke(cli, ["download", "rcan"]).exit_code == EXIT_WEIGHTS
     bicubic = CliRunner().invoke(cli, ["download", "bicubic"])

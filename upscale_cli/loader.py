@@ -29,6 +29,8 @@ from .download import locked, resolve_entry, resolve_weights
 from .errors import UsageError, WeightsError
 from .formats import read as read_any
 from .models import Arch, LoadedModel, ModelSpec, detect_arch, get_arch, get_spec, infer_kwargs, list_specs
+from .models.detect import ambiguous, candidates
+from .models.registry import resolve_arch, split_overrides
 from .weights import (
     FORMAT,
     convert_for,
@@ -48,16 +50,25 @@ def _is_model_name(name: str) -> bool:
 
 
 def _is_family(name: str) -> bool:
+    """Whether ``name`` is a family, or one of its aliases or variants."""
     try:
-        get_arch(name)
+        resolve_arch(name)
     except UsageError:
         return False
     return True
 
 
-def _family(name: str) -> Arch:
-    """The architecture of a model name, or the architecture family called ``name``."""
-    return get_arch(get_spec(name).arch) if _is_model_name(name) else get_arch(name)
+def _arch_choice(text: str) -> tuple[Arch, dict[str, Any], ModelSpec | None]:
+    """What ``--arch`` names (``NAME`` or ``NAME:key=value,...``, see
+    :func:`~upscale_cli.models.registry.split_overrides`): the family, the kwargs overrides
+    (a variant's preset, then the explicit ones) and the named model when ``NAME`` is one.
+    A family name wins over a model of the same name (edsr, carn)."""
+    name, overrides = split_overrides(text)
+    if _is_family(name) or not _is_model_name(name):
+        arch, preset = resolve_arch(name)
+        return arch, {**preset, **overrides}, None
+    spec = get_spec(name)
+    return get_arch(spec.arch), overrides, spec
 
 
 def known_scales(arch: Arch, kwargs: Mapping[str, Any]) -> list[int] | None:
@@ -119,7 +130,8 @@ def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, pr
     extra = {k: entry[k] for k in ("license", "citation") if k in entry}
     if "format" in entry:  # another project's format: converted once, then the conversion is used
         path, digest = _converted(spec, module, scale, entry, progress)
-        return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
+        return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest,
+                       extra=extra)
     path = resolve_weights(spec.name, scale, progress=progress)
     sd, _ = read_checkpoint(path, key=entry.get("wrapper"))
     load_strict(module, convert_for(arch, sd), f"{path.name} ({spec.name} x{scale})")
@@ -127,7 +139,9 @@ def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, pr
     return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
 
 
-def _converted(spec: ModelSpec, module: nn.Module, scale: int, entry: Mapping[str, Any], progress: bool) -> tuple[Path, str]:
+def _converted(
+    spec: ModelSpec, module: nn.Module, scale: int, entry: Mapping[str, Any], progress: bool
+) -> tuple[Path, str]:
     """Load manifest ``entry``'s weights into ``module`` from the conversion cache, converting
     the verified upstream file first when the cache holds no sound conversion; return the
     converted file and its sha256."""
@@ -159,6 +173,24 @@ def _infer(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> tuple[dict[str, 
         raise WeightsError(f"{path}: {err}") from None
 
 
+def _fitting(
+    arch: Arch, overrides: Mapping[str, Any], sd: Mapping[str, Tensor], path: Path
+) -> tuple[dict[str, Any], int | None]:
+    """Kwargs and scale of family ``arch`` for ``sd``: read off the shapes, ``overrides``
+    applied, and the one variant that fits when the keys cannot tell (UsageError when several
+    do).  When none fits exactly, the inferred kwargs: the strict load says what differs."""
+    try:
+        found = candidates(arch, convert_for(arch, sd), overrides)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from None
+    if len(found) > 1:
+        raise UsageError(f"{path.name}: {ambiguous(found, f'the keys and --arch {arch.name}')}")
+    if found:
+        return found[0][1], found[0][2]
+    kwargs, scale = _infer(arch, sd, path)
+    return {**kwargs, **overrides}, scale
+
+
 def _scale_of(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> int | None:
     """The scale the weights were trained for, when the family can read it off the shapes."""
     if arch.multiscale or arch.infer_kwargs is None:
@@ -169,7 +201,9 @@ def _scale_of(arch: Arch, sd: Mapping[str, Tensor], path: Path) -> int | None:
         return None
 
 
-def _from_metadata(meta: Mapping[str, str], path: Path) -> tuple[str, Arch, dict[str, Any], int, list[int], dict[str, Any]]:
+def _from_metadata(
+    meta: Mapping[str, str], path: Path
+) -> tuple[str, Arch, dict[str, Any], int, list[int], dict[str, Any]]:
     """Name, arch, kwargs, scale, scales and extra recorded by :func:`~upscale_cli.weights.save_weights`."""
     try:
         kwargs = json.loads(meta["kwargs"])
@@ -185,24 +219,22 @@ def _from_metadata(meta: Mapping[str, str], path: Path) -> tuple[str, Arch, dict
 def _from_file(
     name: str | None, scale: int | None, weights: str, arch_name: str | None, device: str, progress: bool
 ) -> LoadedModel:
+    overrides: dict[str, Any] = {}
+    spec = get_spec(name) if name is not None and arch_name is None else None
+    if arch_name is not None:  # read before any download, so a wrong name costs nothing
+        arch, overrides, spec = _arch_choice(arch_name)
     path = resolve_weights(None, None, weights=weights, progress=progress)
     sd, meta = read_checkpoint(path)
     label = path.name
     extra: dict[str, Any] = {}
     inferred: int | None = None
     scales: list[int] | None = None
-    if arch_name is not None:  # a family name wins over a model of the same name (edsr, carn)
-        model = None if _is_family(arch_name) else arch_name
-    else:
-        model = name
-    if model is not None:  # a named model's architecture and kwargs; the file may tell the scale
-        spec = get_spec(model)
-        arch, kwargs, scales = get_arch(spec.arch), dict(spec.kwargs), list(spec.scales)
+    if spec is not None:  # a named model's architecture and kwargs; the file may tell the scale
+        arch, kwargs, scales = get_arch(spec.arch), {**spec.kwargs, **overrides}, list(spec.scales)
         label = spec.name if arch_name is None else label
         inferred = _scale_of(arch, sd, path)
     elif arch_name is not None:  # an architecture family: read its kwargs off the shapes
-        arch = get_arch(arch_name)
-        kwargs, inferred = _infer(arch, sd, path)
+        kwargs, inferred = _fitting(arch, overrides, sd, path)
     elif meta is not None and meta.get("format") == FORMAT:
         label, arch, kwargs, inferred, scales, extra = _from_metadata(meta, path)
         if scale is not None and arch.multiscale:
@@ -221,14 +253,16 @@ def _from_file(
     if scale is None:
         scale = inferred if inferred is not None else (scales[0] if scales and arch.multiscale else None)
         if scale is None:
-            raise UsageError(f"{path.name}: the scale of these {arch.name} weights cannot be read off the file; pass --scale")
+            what = f"{path.name}: the scale of these {arch.name} weights"
+            raise UsageError(f"{what} cannot be read off the file; pass --scale")
     elif inferred is not None and inferred != scale and not arch.multiscale:
         raise UsageError(f"{path.name} holds a x{inferred} {arch.name} network; it cannot run at x{scale}")
     if scales is not None and (arch.multiscale or inferred is None):
         _check_scale(f"{label} ({arch.name})", int(scale), scales)
     module = _build(arch, int(scale), kwargs)
     load_strict(module, convert_for(arch, sd), f"{path} ({arch.name} x{scale})")
-    return _finish(label, arch, module, int(scale), kwargs, device, source=str(path), sha256=sha256_file(path), extra=extra)
+    digest = sha256_file(path)
+    return _finish(label, arch, module, int(scale), kwargs, device, source=str(path), sha256=digest, extra=extra)
 
 
 def load_model(
@@ -248,8 +282,11 @@ def load_model(
         scale: upscaling factor; default: the model's first scale, or the one the weights are for.
         weights: a local file, an http(s) URL or ``hf://repo_id/path[@revision]``; replaces the
             model's published weights.
-        arch: with ``weights``: a model name or an architecture family; without both ``arch``
-            and ``name`` the family is recognised from the file (metadata or keys).
+        arch: with ``weights``: a model name, an architecture family, one of its aliases or
+            variants (``compact-relu``), optionally with kwargs (``srvgg:act=lrelu``, see
+            :func:`~upscale_cli.models.registry.split_overrides`) over those read off the file;
+            without both ``arch`` and ``name`` the family is recognised from the file (metadata
+            or keys).  Alone (``pretrained=False``): the family with random weights.
         device: torch device string.
         pretrained: ``False`` builds the named model with random weights (training).
         progress: show a progress bar (on standard error) while downloading.
@@ -265,16 +302,23 @@ def load_model(
     if name is None and arch is None:
         raise UsageError("name a model (see `upscale models`) or pass --weights FILE")
     if name is None:  # an architecture alone: random weights with its default kwargs
-        family = get_arch(arch)  # type: ignore[arg-type]
+        family_name, overrides = split_overrides(arch)  # type: ignore[arg-type]
+        family, preset = resolve_arch(family_name)
+        kwargs = {**family.default_kwargs, **preset, **overrides}
         if pretrained:
             raise UsageError(f"architecture {family.name!r} alone has no weights: pass --weights FILE or a model name")
         if scale is None:
             raise UsageError(f"architecture {family.name!r}: pass --scale")
-        module = _build(family, int(scale), family.default_kwargs)
-        return _finish(family.name, family, module, int(scale), family.default_kwargs, device, source="random")
+        module = _build(family, int(scale), kwargs)
+        return _finish(family.name, family, module, int(scale), kwargs, device, source="random")
     spec = get_spec(name)
-    if arch is not None and _family(arch).name != get_arch(spec.arch).name:
-        raise UsageError(f"model {spec.name!r} is a {spec.arch} network, not {arch!r}")
+    if arch is not None:
+        family, overrides, _ = _arch_choice(arch)
+        if family.name != spec.arch:
+            raise UsageError(f"model {spec.name!r} is a {spec.arch} network, not {arch!r}")
+        if overrides:
+            raise UsageError(f"--arch {arch!r}: kwargs apply to --weights files and to random weights, "
+                             f"not to the published {spec.name!r}")
     return _named(spec, scale, device, pretrained, progress)
 
 

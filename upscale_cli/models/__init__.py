@@ -9,19 +9,23 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .detect import detect_arch, infer_kwargs
+from .detect import candidates, detect_arch, infer_kwargs
 from .loaded import LoadedModel
 from .registry import (
     Arch,
     Convention,
     ModelSpec,
+    SmallConfig,
     create_model,
+    format_arch,
     get_arch,
     get_spec,
     list_archs,
     list_specs,
     register_arch,
     register_model,
+    resolve_arch,
+    split_overrides,
 )
 
 _INFRA = {"registry", "loaded", "layers", "detect"}
@@ -35,8 +39,11 @@ __all__ = [
     "Convention",
     "LoadedModel",
     "ModelSpec",
+    "SmallConfig",
+    "candidates",
     "create_model",
     "detect_arch",
+    "format_arch",
     "get_arch",
     "get_spec",
     "infer_kwargs",
@@ -44,4 +51,6 @@ __all__ = [
     "list_specs",
     "register_arch",
     "register_model",
+    "resolve_arch",
+    "split_overrides",
 ]

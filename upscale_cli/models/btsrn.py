@@ -147,6 +147,7 @@ register_arch(
         matches=layout_matcher(("entry.weight", "lr_stage.0.project.weight", "up.0.deconv.weight"), BTSRN, _infer),
         infer_kwargs=_infer,
         default_kwargs={"lr_blocks": 6, "hr_blocks": 4, "feats": 128, "bottleneck": 64},
+        test_configs=(({"lr_blocks": 2, "hr_blocks": 1, "feats": 8, "bottleneck": 4}, 3),),
     )
 )
 

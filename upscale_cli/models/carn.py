@@ -234,6 +234,7 @@ ARCH = register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"mobile": False, "group": 1},
+        test_configs=(({"mobile": True, "group": 4, "feats": 8}, 4), ({"mobile": False, "feats": 4}, 3)),
     )
 )
 

@@ -117,6 +117,7 @@ register_arch(
         matches=layout_matcher(("fenet.0.weight", "stages.0.0.branch5.0.weight", "ensemble.weight"), CMSC, _infer),
         infer_kwargs=_infer,
         default_kwargs={"stages": 3, "modules": 3, "feats": 64},
+        test_configs=(({"stages": 2, "modules": 1, "feats": 8}, 2),),
     )
 )
 

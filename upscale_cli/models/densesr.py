@@ -133,6 +133,7 @@ register_arch(
         matches=layout_matcher(("head.0.weight", "dense.0.0.weight", "up.0.0.weight", "tail.0.weight"), DenseSR, _infer),
         infer_kwargs=_infer,
         default_kwargs={"feats": 32, "growth": 16, "layers": 14},
+        test_configs=(({"feats": 4, "growth": 4, "layers": 3}, 4),),
     )
 )
 

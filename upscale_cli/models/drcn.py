@@ -164,6 +164,7 @@ register_arch(
         matches=layout_matcher(("recursive.weight", "ensemble.weight", "embed.0.weight"), DRCN, _infer),
         infer_kwargs=_infer,
         default_kwargs={"recursions": 16, "feats": 256},
+        test_configs=(({"recursions": 3, "feats": 8}, 2),),
     )
 )
 

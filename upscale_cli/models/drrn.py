@@ -157,6 +157,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"blocks": 1, "units": 9, "feats": 128, "batch_norm": True},
+        test_configs=(({"blocks": 2, "units": 2, "feats": 8}, 2), ({"units": 25, "feats": 4, "batch_norm": False}, 3)),
     )
 )
 

@@ -81,6 +81,7 @@ ARCH = register_arch(
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},
+        test_configs=tuple(({"n_resblocks": 2, "n_feats": 8}, s) for s in (2, 3, 4)),
     )
 )
 

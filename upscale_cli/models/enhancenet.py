@@ -152,6 +152,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"blocks": 10, "feats": 64},
+        test_configs=(({"blocks": 1, "feats": 4}, 4),),
     )
 )
 

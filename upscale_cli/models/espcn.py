@@ -119,6 +119,7 @@ ARCH = register_arch(
         infer_kwargs=_inferrer(1),
         convert_keys=convert_keys,
         default_kwargs={"n1": 64, "n2": 32},
+        test_configs=tuple(({"n1": 8, "n2": 4}, s) for s in (2, 3)),
     )
 )
 
@@ -134,6 +135,7 @@ YCBCR_ARCH = register_arch(
         infer_kwargs=_inferrer(3),
         convert_keys=convert_keys,
         default_kwargs={"n1": 64, "n2": 32},
+        test_configs=(({"n1": 8, "n2": 4}, 3),),
     )
 )
 

@@ -79,6 +79,7 @@ ARCH = register_arch(
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"d": 56, "s": 12, "m": 4},
+        test_configs=tuple(({"d": 8, "s": 4, "m": 2}, s) for s in (2, 3, 4)),
     )
 )
 

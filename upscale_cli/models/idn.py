@@ -176,6 +176,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"blocks": 4, "feats": 64, "d": 16, "groups": 4},
+        test_configs=(({"blocks": 1, "feats": 8, "d": 2, "groups": 2}, 3),),
     )
 )
 

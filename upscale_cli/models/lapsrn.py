@@ -353,6 +353,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"shared": False, "feats": 64},
+        test_configs=(({"depth": 2, "feats": 8}, 4), ({"shared": True, "depth": 2, "feats": 8}, 2)),
     )
 )
 

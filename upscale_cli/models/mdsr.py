@@ -93,6 +93,7 @@ register_arch(
         matches=layout_matcher(("sub_mean.weight", "pre_process.0.0.body.0.weight", "upsample.0.0.weight"), MDSR, _infer),
         infer_kwargs=_infer,
         default_kwargs={"n_resblocks": 80, "n_feats": 64},
+        test_configs=(({"n_resblocks": 1, "n_feats": 8}, 3),),
     )
 )
 

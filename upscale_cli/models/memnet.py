@@ -137,6 +137,7 @@ register_arch(
         matches=layout_matcher(("fenet.2.weight", "blocks.0.gate.2.weight", "recon.weight"), MemNet, _infer),
         infer_kwargs=_infer,
         default_kwargs={"blocks": 6, "recursions": 6, "feats": 64, "multi_supervised": False},
+        test_configs=(({"blocks": 2, "recursions": 2, "feats": 8, "multi_supervised": True}, 2),),
     )
 )
 

@@ -128,6 +128,8 @@ ARCH = register_arch(
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"n_resgroups": 10, "n_resblocks": 20, "n_feats": 64, "reduction": 16},
+        test_configs=tuple(({"n_resgroups": 2, "n_resblocks": 2, "n_feats": 8, "reduction": 4}, s) for s in (2, 4)),
+        global_context=True,  # channel attention pools the whole map (see the module docstring)
     )
 )
 

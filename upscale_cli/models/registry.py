@@ -11,11 +11,16 @@ Two levels:
 
 Each family lives in its own module under :mod:`upscale_cli.models` and calls
 :func:`register_arch` and :func:`register_model` at import time; the package imports every
-module, so adding a file is all it takes to add a family.
+module, so adding a file is all it takes to add a family (its ``test_configs`` give it the
+registry contract's checks, ``tests/test_registry_contract.py``).
+
+``--arch`` names a family by its name, an alias or a variant (:func:`resolve_arch`), or a
+named model, optionally followed by kwargs: ``NAME:key=value,...`` (:func:`split_overrides`).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +39,9 @@ Convention = Literal["rgb", "rgb255", "y"]
 """
 
 StateDict = Mapping[str, Tensor]
+
+SmallConfig = tuple[Mapping[str, Any], int]
+"""``(kwargs, scale)`` of a tiny instance of a family, for :attr:`Arch.test_configs`."""
 
 
 def _one(_kwargs: Mapping[str, Any], _scale: int) -> int:
@@ -62,6 +70,23 @@ class Arch:
             shapes, so ``--weights FILE`` needs no other flag.
         convert_keys: turns older/foreign key layouts of the family into ours.
         default_kwargs: kwargs used when none are given.
+        test_configs: tiny ``(kwargs, scale)`` instances of the family (kwargs merged over
+            ``default_kwargs``) that the registry contract test (``tests/test_registry_contract.py``)
+            checks: built on the meta device; a state dict of it recognised as this family's and
+            no other's; kwargs and scale read back by ``infer_kwargs``; the radius exact under a
+            one-pixel perturbation; tiled output equal to whole-image output.  Keep them tiny
+            (1-2 blocks, 4-16 channels, a radius of a few pixels) so each runs on a 16-24 px
+            CPU input in well under a second; give one per layout the detector must tell apart
+            (e.g. each upsampler).  Every family with parameters must declare at least one.
+        global_context: outputs depend (weakly) on the whole image, through global average
+            pooling or attention over the whole map (RCAN's and HAT's channel attention): the
+            radius is that of the local operations, tiles then differ from the whole image
+            only through those global statistics (the contract test bounds that leak instead
+            of requiring exactness).
+        aliases: other names ``--arch`` accepts for the family (``compact`` for ``srvgg``).
+        variants: named kwargs presets that ``--arch`` accepts like family names, for kwargs
+            the keys cannot tell (``{"compact-relu": {"act": "relu"}}``); detection tries each
+            and names the ones whose network has exactly the file's keys and shapes.
     """
 
     name: str
@@ -77,6 +102,10 @@ class Arch:
     infer_kwargs: Callable[[StateDict], tuple[dict[str, Any], int | None]] | None = None
     convert_keys: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    test_configs: tuple[SmallConfig, ...] = ()
+    global_context: bool = False
+    aliases: tuple[str, ...] = ()
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,8 @@ class ModelSpec:
 
 
 _ARCHS: dict[str, Arch] = {}
+_ARCH_NAMES: dict[str, tuple[str, Mapping[str, Any]]] = {}
+"""Every name ``--arch`` accepts for a family (its name, aliases, variants): family key and preset."""
 _MODELS: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -112,11 +143,14 @@ def _key(name: str) -> str:
 
 
 def register_arch(arch: Arch) -> Arch:
-    """Add an architecture family; names must be unique."""
+    """Add an architecture family; its name, aliases and variant names must be unique."""
     key = _key(arch.name)
-    if key in _ARCHS:
-        raise ValueError(f"architecture {arch.name!r} registered twice")
+    names = {key: {}, **{_key(a): {} for a in arch.aliases}, **{_key(v): p for v, p in arch.variants.items()}}
+    for name in names:
+        if name in _ARCH_NAMES:
+            raise ValueError(f"architecture name {name!r} registered twice")
     _ARCHS[key] = arch
+    _ARCH_NAMES.update((name, (key, preset)) for name, preset in names.items())
     return arch
 
 
@@ -140,11 +174,62 @@ def _unknown(kind: str, name: str, known: list[str]) -> UsageError:
 
 
 def get_arch(name: str) -> Arch:
-    """The architecture family called ``name`` (raises :class:`UsageError`)."""
+    """The architecture family called ``name`` or one of its aliases (raises :class:`UsageError`)."""
+    arch, preset = resolve_arch(name)
+    if preset:
+        raise UsageError(f"{name!r} is a variant of {arch.name} ({format_arch(arch.name, preset)}), not a family")
+    return arch
+
+
+def resolve_arch(name: str) -> tuple[Arch, dict[str, Any]]:
+    """The family a name, alias or variant name stands for, and the variant's kwargs preset."""
     key = _key(name)
-    if key not in _ARCHS:
-        raise _unknown("architecture", name, sorted(_ARCHS))
-    return _ARCHS[key]
+    if key not in _ARCH_NAMES:
+        raise _unknown("architecture", name, sorted(_ARCH_NAMES))
+    family, preset = _ARCH_NAMES[key]
+    return _ARCHS[family], dict(preset)
+
+
+def variant_of(arch: Arch, kwargs: Mapping[str, Any]) -> str | None:
+    """The name of the variant of ``arch`` whose preset ``kwargs`` agree with, if any."""
+    return next((v for v, p in arch.variants.items() if all(kwargs.get(k) == x for k, x in p.items())), None)
+
+
+def split_overrides(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` -> ``(NAME, {key: value})``; a plain ``NAME`` has none.
+
+    The syntax of ``--arch`` (any family, alias, variant or model name): after the colon,
+    keyword arguments as in a Python call, each value a Python literal (``4``, ``0.5``,
+    ``True``, ``(6, 6)``, ``'x'``) or a bare word, read as a string (``act=relu``).  Nothing
+    is evaluated (:func:`ast.literal_eval`).  Raises :class:`UsageError` on anything else.
+    """
+    name, colon, rest = text.partition(":")
+    if not colon:
+        return name.strip(), {}
+    bad = UsageError(f"--arch {text!r}: expected NAME:key=value,key=value (values are Python literals or words)")
+    try:
+        call = ast.parse(f"f({rest})", mode="eval").body
+    except SyntaxError:
+        raise bad from None
+    if not isinstance(call, ast.Call) or call.args or not call.keywords or any(k.arg is None for k in call.keywords):
+        raise bad
+    try:
+        return name.strip(), {k.arg: _literal(k.value) for k in call.keywords if k.arg is not None}
+    except ValueError:
+        raise bad from None
+
+
+def _literal(node: ast.expr) -> Any:
+    """A bare word as its string, anything else as a Python literal (ValueError otherwise)."""
+    return node.id if isinstance(node, ast.Name) else ast.literal_eval(node)
+
+
+def format_arch(name: str, kwargs: Mapping[str, Any]) -> str:
+    """``NAME:key=value,...``, the inverse of :func:`split_overrides` (``name`` alone without kwargs)."""
+    if not kwargs:
+        return name
+    words = (f"{k}={v}" if isinstance(v, str) and v.isidentifier() else f"{k}={v!r}" for k, v in kwargs.items())
+    return f"{name}:{','.join(words)}"
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -178,6 +263,6 @@ def create_model(name: str, scale: int, **overrides: Any) -> nn.Module:
             raise UsageError(f"model {spec.name!r} exists for scales {list(spec.scales)}, not x{scale}")
         kwargs = {**spec.kwargs, **overrides}
     else:
-        arch = get_arch(name)
-        kwargs = {**arch.default_kwargs, **overrides}
+        arch, preset = resolve_arch(name)
+        kwargs = {**arch.default_kwargs, **preset, **overrides}
     return arch.build(scale=scale, **kwargs)

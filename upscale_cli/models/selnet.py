@@ -98,6 +98,7 @@ register_arch(
         matches=layout_matcher(("entry.select.weight", "units.0.0.select.weight", "to_subpixel.weight"), SelNet, _infer),
         infer_kwargs=_infer,
         default_kwargs={"units": 10, "feats": 64},
+        test_configs=(({"units": 2, "feats": 8}, 3),),
     )
 )
 

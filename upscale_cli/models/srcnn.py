@@ -83,6 +83,7 @@ ARCH = register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"n1": 64, "n2": 32, "f2": 5},
+        test_configs=tuple(({"n1": 8, "n2": 4}, s) for s in (2, 3, 4)),
     )
 )
 

@@ -194,6 +194,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"blocks": 16, "feats": 64},
+        test_configs=tuple(({"blocks": 1, "feats": 8, **k}, s) for k, s in (({}, 4), ({"body_tail": "prelu", "tanh_output": True}, 2))),
     )
 )
 

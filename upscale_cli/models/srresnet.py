@@ -100,6 +100,7 @@ ARCH = register_arch(
         matches=_matches,
         infer_kwargs=_infer,
         default_kwargs={"num_feat": 64, "num_block": 16},
+        test_configs=tuple(({"num_feat": 8, "num_block": 2}, s) for s in (2, 3, 4)),
     )
 )
 

@@ -139,6 +139,7 @@ register_arch(
         infer_kwargs=_infer,
         convert_keys=convert_keys,
         default_kwargs={"depth": 20, "feats": 64},
+        test_configs=(({"depth": 5, "feats": 8}, 3), ({"depth": 5, "feats": 8, "bias": False}, 2)),
     )
 )
 
