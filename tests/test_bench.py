@@ -317,3 +317,30 @@ def test_shipped_default_model_reproduces_its_manifest_table() -> None:
     assert off_reference(rows, "default", reference, 0.01, 0.0001) == []
     for (name, s), (psnr, _) in reference.items():
         assert psnr > by_key(rows, "bicubic")[(name, s)]["psnr"] + 1.5
+
+
+def test_bench_json_and_csv_carry_alexsim_and_lpips(tmp_path: Path) -> None:
+    from upscale_cli.perceptual import TAP_CHANNELS, AlexMetrics
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "Big"
+    _write(folder / "a.png", rng.integers(0, 256, (72, 80, 3), dtype=np.uint8))
+    _write(folder / "small.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in AlexMetrics().features.state_dict().items()}, tmp_path / "a.pth")
+    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(TAP_CHANNELS)}
+    torch.save(heads, tmp_path / "alex.pth")
+    base = ["--set", str(folder), "--scale", "2", "--no-baseline", "--model", "nearest"]
+    extra = ["--metric", "psnr,ssim,alexsim,lpips", "--alexnet-weights", str(tmp_path / "a.pth"),
+             "--lpips-weights", str(tmp_path / "alex.pth")]
+    row = bench_json(*base, *extra)[0]
+    assert row["per_image"]["small.png"]["alexsim"] is None  # under the AlexNet's minimum side: undefined
+    big = row["per_image"]["a.png"]
+    assert 0 < big["alexsim"] <= 1 and big["lpips"] > 0
+    assert row["alexsim"] is None and row["lpips"] is None  # a mean over an undefined image is undefined
+    assert "alexsim" not in bench_json(*base)[0]
+    out = invoke(*base, *extra, "--format", "csv")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[0].split(",")[4:8] == ["psnr", "ssim", "alexsim", "lpips"]
+    bad = invoke(*base, "--metric", "psnr,fid")
+    assert bad.exit_code == 2 and "--metric fid" in bad.output

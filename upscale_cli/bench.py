@@ -269,8 +269,14 @@ class Row:
     def megapixels_per_second(self) -> float:
         return throughput(self.output_pixels, self.total_seconds)
 
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """The extra metrics (:data:`EXTRA_METRICS`) every image of the row was scored by."""
+        return tuple(m for m in EXTRA_METRICS if self.per_image and all(m in v for v in self.per_image.values()))
+
     def to_dict(self) -> dict[str, object]:
-        """The row as plain values; undefined figures (NaN, infinite) are None."""
+        """The row as plain values; undefined figures (NaN, infinite) are None; extra metrics when measured."""
+        extra = {m: _finite(self._mean(m)) for m in self.measured}
         return {
             "model": self.model,
             "scale": self.scale,
@@ -278,6 +284,7 @@ class Row:
             "images": self.images,
             "psnr": _finite(self.psnr),
             "ssim": _finite(self.ssim),
+            **extra,
             "seconds": _finite(self.seconds),
             "params": self.params,
             "mp_per_s": _finite(self.megapixels_per_second),
@@ -295,6 +302,10 @@ class Contestant:
 
 Loader = Callable[[int], Sequence[Contestant]]
 """Given a scale, the models to benchmark at it (each loaded once for that scale)."""
+Scorer = Callable[[Tensor, Tensor], dict[str, float]]
+"""Extra metrics of one output against its ground truth (both 0..1), e.g. ``{"alexsim": ..., "lpips": ...}``."""
+EXTRA_METRICS = ("alexsim", "lpips")
+"""The metrics a :data:`Scorer` may add, in column order."""
 
 
 def _slug(name: str) -> str:
@@ -324,12 +335,14 @@ def run_bench(
     advance: Callable[[], None] | None = None,
     max_pixels: int | None = None,
     note: Callable[[str], None] | None = None,
+    score: Scorer | None = None,
 ) -> list[Row]:
     """Benchmark every contestant of ``load(scale)`` on every image of ``sets`` at each scale.
 
     Each image is read (refused over ``max_pixels``: None = Pillow's limit, 0 = none) and
     downscaled once per scale; ``advance`` is called after each image and model, ``note`` with
-    each image that has no SSIM.  Rows come ordered by scale, then model, then set.
+    each image that has no SSIM; ``score`` adds its metrics to each image's.  Rows come
+    ordered by scale, then model, then set.
     """
     rows: list[Row] = []
     for scale in scales:
@@ -347,6 +360,8 @@ def run_bench(
                 p, s = evaluate(sr, pair.hr, scale)
                 row = table[(i, bench_set.name)]
                 row.per_image[pair.name] = {"psnr": float(p), "ssim": float(s), "seconds": seconds}
+                if score is not None:
+                    row.per_image[pair.name].update(score(sr, pair.hr))
                 row.output_pixels += sr.shape[-2] * sr.shape[-1]
                 if save_dir is not None:
                     folder = save_dir / _slug(bench_set.name) / f"x{scale}" / _slug(c.model.name)

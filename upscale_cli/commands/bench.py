@@ -24,11 +24,12 @@ from ..errors import UsageError
 from ..reporting import reported
 
 if TYPE_CHECKING:
-    from ..bench import Row
+    from ..bench import Row, Scorer
 
 FORMATS = ("table", "json", "csv", "markdown")
 BASELINE = "bicubic"
 CSV_FIELDS = ("model", "scale", "set", "images", "psnr", "ssim", "seconds", "params", "mp_per_s")
+METRICS = ("psnr", "ssim", "alexsim", "lpips")
 PLOT_HINT = "pip install 'upscale-cli[plot]'"
 
 
@@ -41,6 +42,17 @@ def parse_scales(text: str) -> list[int]:
         if int(word) not in scales:
             scales.append(int(word))
     return scales
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """The extra metrics named in ``--metric`` (PSNR and SSIM are always measured)."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UsageError(f"--metric {','.join(unknown)}: choose from {', '.join(METRICS)}")
+    from ..bench import EXTRA_METRICS
+
+    return tuple(n for n in names if n in EXTRA_METRICS)
 
 
 def pair_weights(models: Sequence[str], weights: Sequence[str]) -> list[tuple[str | None, str | None]]:
@@ -120,7 +132,11 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         return json.dumps({"rows": [r.to_dict() for r in rows]}, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        from ..bench import EXTRA_METRICS
+
+        extra = [m for m in EXTRA_METRICS if any(m in r.measured for r in rows)]
+        fields = [*CSV_FIELDS[:6], *extra, *CSV_FIELDS[6:]]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow(r.to_dict())
@@ -188,6 +204,7 @@ def run(
     save_images: Path | None,
     max_pixels: int | None,
     console: Console,
+    score: Scorer | None = None,
 ) -> list[Row]:
     """Benchmark ``entries`` (model name, weights) with a progress bar on ``console``."""
     from rich.progress import (
@@ -225,6 +242,7 @@ def run(
             save_dir=save_images,
             advance=lambda: progress.advance(task),
             max_pixels=max_pixels,
+            score=score,
             note=lambda text: progress.console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True),
         )
 
@@ -258,6 +276,13 @@ def bench(
     plot_file: Path = typer.Option(
         None, "--plot", help=f"Draw PSNR against speed to FILE.png (needs matplotlib: {PLOT_HINT})."
     ),
+    metric: str = typer.Option("psnr,ssim", "--metric", help="psnr, ssim, alexsim, lpips; comma separated."),
+    alexnet_weights: Path = typer.Option(
+        None, "--alexnet-weights", help="torchvision alexnet-owt-7be5be79.pth (default: $UPSCALE_ALEXNET_WEIGHTS)."
+    ),
+    lpips_weights: Path = typer.Option(
+        None, "--lpips-weights", help="LPIPS v0.1 alex.pth (default: $UPSCALE_LPIPS_WEIGHTS)."
+    ),
 ) -> None:
     """Benchmark models on SR test sets: PSNR / SSIM by the standard protocol, and speed.
 
@@ -273,6 +298,12 @@ def bench(
             raise UsageError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
         if plot_file is not None:
             _pyplot()  # fail before the work, not after
+        extra = parse_metrics(metric)
+        score = None
+        if extra:
+            from ..perceptual import load_alex_metrics, scorer
+
+            score = scorer(load_alex_metrics(alexnet_weights, lpips_weights, "lpips" in extra), extra)
         entries = pair_weights(models, weights)
         if not no_baseline and all(name is None or name.lower() != BASELINE for name, _ in entries):
             entries.insert(0, (BASELINE, None))
@@ -285,7 +316,7 @@ def bench(
             "tile": tile,
             "max_pixels": max_pixels,
         }
-        rows = run(sets, entries, parse_scales(scale), save_images=save_images, console=err, **options)
+        rows = run(sets, entries, parse_scales(scale), save_images=save_images, console=err, score=score, **options)
         if output is not None:
             from ..weights import atomic_path
 

@@ -75,18 +75,25 @@ def _features(kind: str, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers[:depth])
 
 
-def find_weights(kind: str, explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The weights file for ``kind`` from ``explicit``, ``$UPSCALE_VGG_WEIGHTS``, or the hub cache."""
-    for raw in (explicit, os.environ.get(ENV_VAR)):
+def find_file(
+    hub_file: str, explicit: str | os.PathLike[str] | None, env_var: str, what: str, option: str
+) -> Path | None:
+    """``hub_file`` from ``explicit`` (a file, or a folder holding it), ``$env_var``, or the torch hub cache."""
+    for raw in (explicit, os.environ.get(env_var)):
         if raw:
             p = Path(raw).expanduser()
             if p.is_dir():
-                p = p / HUB_FILES[kind]
+                p = p / hub_file
             if not p.is_file():
-                raise WeightsError(f"{p}: no such VGG weights file (--vgg-weights / ${ENV_VAR})")
+                raise WeightsError(f"{p}: no such {what} weights file ({option} / ${env_var})")
             return p
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILES[kind]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / hub_file
     return cached if cached.is_file() else None
+
+
+def find_weights(kind: str, explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The weights file for ``kind`` from ``explicit``, ``$UPSCALE_VGG_WEIGHTS``, or the hub cache."""
+    return find_file(HUB_FILES[kind], explicit, ENV_VAR, "VGG", "--vgg-weights")
 
 
 def load_state(kind: str, path: Path, depth: int) -> dict[str, Tensor]:
