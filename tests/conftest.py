@@ -55,6 +55,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf")))
+    # --backend auto would convert every test's model to OpenVINO where it is installed; the
+    # engine's tests are about PyTorch, and tests/test_backends.py asks for OpenVINO itself.
+    monkeypatch.setenv("UPSCALE_BACKEND", "torch")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: fast on a shared 2-core machine and equal to the subprocesses'."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

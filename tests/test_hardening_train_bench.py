@@ -42,12 +42,7 @@ tomllib = config_module.tomllib
 # --- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _noise(path: Path, h: int, w: int, seed: int = 0) -> Path:

@@ -56,13 +56,7 @@ EDGE_IMAGES = ("t36.png", "t55.png", "t64.png")
 STEP_KEYS = ("step", "lr", "loss")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: fast on a shared 2-core machine and equal to the subprocesses'."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
