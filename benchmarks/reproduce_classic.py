@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,15 @@ def cpu_flags() -> str:
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else the platform's answer)."""
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+        return line.partition(":")[2].strip()
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 def entries(models: list[str] | None) -> list[tuple[str, list[int], dict]]:
@@ -64,7 +74,9 @@ def seed(cache: Path, entry: dict) -> bool:
     return True
 
 
-def bench(name: str, scale: int, sets: list[str], cache: Path, threads: int | None) -> list[dict]:
+def bench(name: str, scale: int, sets: list[str], cache: Path, threads: int | None, *options: str) -> list[dict]:
+    """The rows of ``upscale bench`` (JSON) for one model and scale, offline from ``cache``;
+    ``options`` are more flags for it (``--precision bf16``)."""
     env = {**os.environ, "UPSCALE_CACHE": str(cache), "UPSCALE_OFFLINE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -72,6 +84,7 @@ def bench(name: str, scale: int, sets: list[str], cache: Path, threads: int | No
            "--data-dir", str(SHARED / "datasets" / "bench"), "--device", "cpu", "--format", "json"]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]
+    cmd += options
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(

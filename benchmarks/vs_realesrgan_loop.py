@@ -8,7 +8,11 @@ output; an image no larger than a tile is one whole-image forward.  fp32 on the 
 private copy of the model's ``nn.Module`` through :class:`~upscale_cli.models.LoadedModel`'s
 calling convention (RGB 0..1; 0..255 for EDSR; the luma and a bicubic chroma for Y nets), as a
 script wrapping that network would.  Ours is ``upscale_image(image, model)`` with every option
-at its default, on the same float32 image.
+at its default (``--backend auto``: OpenVINO on the CPU where installed; ``--precision auto``),
+on the same float32 image; ``--precision``/``--backend`` here override those two.  The table
+says which backend and precision ours ran in.  ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment
+caps PyTorch's and OpenVINO's oneDNN kernels at AVX2, the nearest this project has to an
+AVX2-only CPU on a newer one (run it with ``--precision fp32``, what ``auto`` takes there).
 
 Both run on the device ours picks (CUDA when available, else the CPU), interleaved (loop, ours,
 loop, ours ...) after one untimed warm-up call each.  Per model the script prints the median
@@ -38,24 +42,23 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 from _timing import SHARED
 from PIL import Image
-from reproduce_classic import cpu_flags
+from reproduce_classic import cpu_flags, cpu_name
 from torch import Tensor, nn
 
 from upscale_cli import load_model, upscale_image
-from upscale_cli.devices import resolve_device
+from upscale_cli.devices import DTYPES, resolve_device
+from upscale_cli.engine import Upscaler
 from upscale_cli.errors import WeightsError
 from upscale_cli.metrics import psnr
 from upscale_cli.models import LoadedModel
@@ -209,13 +212,9 @@ def test_image(size: int) -> np.ndarray:
 
 def machine(device: torch.device) -> dict[str, object]:
     """What the figures ran on."""
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-        cpu = cpu.partition(":")[2].strip()
-    except (OSError, StopIteration):
-        pass
-    info: dict[str, object] = {"device": device.type, "cpu": cpu, "cpu_flags": cpu_flags(), "cores": os.cpu_count()}
+    info: dict[str, object] = {"device": device.type, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count()}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        info["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     info.update(torch=torch.__version__, threads=torch.get_num_threads(), load_average=round(os.getloadavg()[0], 2))
@@ -235,8 +234,10 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
     def loop() -> np.ndarray:
         return run_loop(net, image, args.tile, args.tile_pad)
 
+    chosen = {k: v for k, v in (("precision", args.precision), ("backend", args.backend)) if v is not None}
+
     def ours() -> np.ndarray:
-        return upscale_image(image, model)
+        return upscale_image(image, model, **chosen)
 
     first_loop = timed(loop, device)[0]
     first_ours, ours_dtype = conv_dtype(model.module, ours, device)
@@ -250,6 +251,9 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
             memory[path] = max(memory[path], peak)
         print(f"{name} {size} px, repeat {r + 1}: loop {runs['loop'][-1]:.3f} s, ours {runs['ours'][-1]:.3f} s",
               file=sys.stderr, flush=True)  # fmt: skip
+    engine = Upscaler(model, **chosen)  # what ours ran on (its compiled backend is reused, not rebuilt)
+    if ours_dtype is None:  # not PyTorch: the engine's precision
+        ours_dtype = DTYPES.get(engine.precision, torch.float32)
     flops = conv_flops(net, size, size)
     dtypes = {path: dtype or torch.float32 for path, dtype in (("loop", loop_dtype), ("ours", ours_dtype))}
     peaks = {dtype_name(d): matmul_peak(device, d, args.peak_n, args.peak_repeat) for d in set(dtypes.values())}
@@ -261,6 +265,8 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
         "size": size,
         "scale": args.scale,
         "gflops": flops / 1e9,
+        "ours_backend": engine.backend.name,
+        "ours_precision": engine.precision,
         "ratio": statistics.median(a / b for a, b in zip(runs["loop"], runs["ours"])),
         "psnr_db": float(psnr(torch.from_numpy(outs["loop"]), torch.from_numpy(outs["ours"]), data_range=1.0)),
         "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
@@ -271,7 +277,7 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
             "median_s": seconds,
             "first_call_s": first_loop if path == "loop" else first_ours,
             "mp_per_s": out_mp / seconds,
-            "conv_dtype": dtype_name(dtype) if dtype else "not seen (not PyTorch)",
+            "conv_dtype": dtype_name(dtypes[path]),
             "roofline": flops / seconds / peaks[dtype_name(dtypes[path])],
             "roofline_dtype": dtype_name(dtypes[path]),
             "peak_cuda_gb": memory[path] / 1e9,
@@ -286,15 +292,16 @@ def table(rows: list[dict[str, object]], cuda: bool) -> list[str]:
     """The markdown table, one line per model and size."""
     mem = " peak GB loop / ours |" if cuda else ""
     lines = [
-        "| model | weights | in px | GFLOP | loop s | ours s | loop/ours | MP/s loop / ours | PSNR loop vs ours |"
-        " matmul peak GFLOP/s | roofline loop / ours (dtype) |" + mem,
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
+        "| model | weights | in px | GFLOP | ours on | loop s | ours s | loop/ours | MP/s loop / ours |"
+        " PSNR loop vs ours | matmul peak GFLOP/s | roofline loop / ours (dtype) |" + mem,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
     ]
     for row in rows:
         lp, us = row["loop"], row["ours"]
         peak = ", ".join(f"{v:.0f} {k}" for k, v in row["matmul_peak_gflops"].items())
         line = (
             f"| {row['model']} x{row['scale']} | {row['weights']} | {row['size']} | {row['gflops']:.1f} "
+            f"| {row['ours_backend']} {row['ours_precision']} "
             f"| {lp['median_s']:.3f} | {us['median_s']:.3f} | {row['ratio']:.2f}x "
             f"| {lp['mp_per_s']:.3g} / {us['mp_per_s']:.3g} | {row['psnr_db']:.1f} dB | {peak} "
             f"| {100 * lp['roofline']:.1f} % ({lp['conv_dtype']}) / {100 * us['roofline']:.1f} % ({us['conv_dtype']}) |"
@@ -328,6 +335,8 @@ def main() -> None:
     parser.add_argument("--peak-n", type=int, default=2048, help="matmul side for the peak FLOP/s")
     parser.add_argument("--peak-repeat", type=int, default=5, help="matmuls per peak measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--precision", default=None, help="ours: --precision (default: its own default, auto)")
+    parser.add_argument("--backend", default=None, help="ours: --backend (default: its own default, auto)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE} px inputs, 1 repeat")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
@@ -346,6 +355,8 @@ def main() -> None:
                           "rows": rows}, indent=1))  # fmt: skip
         return
     where = info.get("gpu") or f"{info['cpu']} ({info['cpu_flags']}), {info['threads']} threads"
+    if "onednn_max_cpu_isa" in info:
+        where += f", oneDNN capped at {info['onednn_max_cpu_isa']}"
     print(f"\n{where}; torch {info['torch']}; peak: best of {args.peak_repeat} {args.peak_n}^3 matmuls; "
           f"loop tile {args.tile}, pad {args.tile_pad}; median of {args.repeat}; "
           f"load average {info['load_average']} -> {info['load_average_end']}\n")  # fmt: skip

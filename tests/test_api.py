@@ -60,3 +60,11 @@ def test_target_size_rules() -> None:
         target_size(10, 20, 4, 2.0, 5, None)
     with pytest.raises(UsageError):
         target_size(10, 20, 4, -1.0, None, None)
+
+
+def test_an_unmeasured_explicit_precision_runs_with_a_warning() -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    model = load_model("fsrcnn", 2, pretrained=False)  # random weights: nothing measured
+    with pytest.warns(UserWarning, match="no measured Set5 cost in bf16; running in bf16 as asked"):
+        out = upscale_image(arr, model, precision="bf16", device="cpu")
+    assert out.shape == (20, 24, 3) and out.dtype == np.uint8

@@ -416,9 +416,10 @@ def test_nan_tiles_are_redone_in_fp32(precision: str) -> None:
     torch.testing.assert_close(up.upscale(x), whole(base, x), atol=1e-4, rtol=0)
 
 
-def _model_with(fp16: bool = True, bf16: bool = True) -> LoadedModel:
+def _model_with(fp16: bool = True, bf16: bool = True, cost: dict[str, float] | None = None) -> LoadedModel:
     base = tiny("rgb", 2)
-    return dataclasses.replace(base, arch=dataclasses.replace(base.arch, fp16=fp16, bf16=bf16))
+    arch = dataclasses.replace(base.arch, fp16=fp16, bf16=bf16)
+    return dataclasses.replace(base, arch=arch, precision_cost=cost or {})
 
 
 @pytest.mark.parametrize(
@@ -435,7 +436,7 @@ def _model_with(fp16: bool = True, bf16: bool = True) -> LoadedModel:
         ("mps", False, False, True, False, ("fp32", False)),
     ],
 )
-def test_auto_precision(
+def test_auto_precision_falls_back_to_family_flags(
     monkeypatch: pytest.MonkeyPatch,
     device: str,
     native: bool,
@@ -446,19 +447,63 @@ def test_auto_precision(
 ) -> None:
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    assert resolve_precision("auto", torch.device(device), _model_with(fp16, bf16)) == expected
+    chosen = resolve_precision("auto", torch.device(device), _model_with(fp16, bf16))
+    assert (chosen.name, chosen.channels_last, chosen.note) == (*expected, None)
 
 
-def test_explicit_precision() -> None:
-    model = _model_with(fp16=False, bf16=True)
-    assert resolve_precision("BF16", CPU, model) == ("bf16", True)
-    assert resolve_precision("fp32", CPU, model) == ("fp32", True)
-    with pytest.raises(UsageError, match="fp16"):
-        resolve_precision("fp16", CPU, model)
-    with pytest.raises(UsageError, match="bf16"):
-        resolve_precision("bf16", CPU, _model_with(bf16=False))
+@pytest.mark.parametrize(
+    ("device", "flags", "cost", "expected"),
+    [
+        ("cpu", False, {"bf16": 0.015}, "bf16"),  # measured within 0.02 dB: the family's "unsafe" is overruled
+        ("cpu", True, {"bf16": 0.021}, "fp32"),  # measured above: the family's "safe" is overruled
+        ("cpu", True, {"bf16": -0.001}, "bf16"),  # a gain is within
+        ("cuda", False, {"fp16": 0.03, "bf16": 0.004}, "bf16"),
+        ("cuda", True, {"fp16": 0.01}, "fp16"),
+        ("cuda", True, {"fp16": 0.05}, "bf16"),  # fp16 measured too costly, bf16 unmeasured: its flag
+        ("mps", False, {"fp16": 0.0}, "fp16"),
+    ],
+)
+def test_auto_precision_follows_measured_costs(
+    monkeypatch: pytest.MonkeyPatch, device: str, flags: bool, cost: dict[str, float], expected: str
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device(device), _model_with(flags, flags, cost)).name == expected
+
+
+def _costed(name: str, db: float) -> LoadedModel:
+    return _model_with(cost={name: db})
+
+
+def test_auto_never_takes_emulated_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", CPU, _costed("bf16", 0.0)).name == "fp32"
+
+
+def test_explicit_precision_is_always_honoured_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    unsafe = _model_with(fp16=False, bf16=False)
+    for name in ("bf16", "BF16"):
+        chosen = resolve_precision(name, CPU, unsafe)
+        assert (chosen.name, chosen.channels_last) == ("bf16", True)
+        assert "no measured Set5 cost in bf16" in chosen.note
+    assert resolve_precision("bf16", CPU, _costed("bf16", 0.004)).note is None
+    assert "loses 0.050 dB" in resolve_precision("bf16", CPU, _costed("bf16", 0.05)).note
+    assert "emulated" in resolve_precision("fp16", CPU, _costed("fp16", 0.0)).note
+    assert resolve_precision("fp16", torch.device("cuda"), _costed("fp16", 0.0)).note is None
+    assert resolve_precision("fp32", CPU, unsafe) == devices.Precision("fp32", True, None)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert "no native bf16" in resolve_precision("bf16", CPU, _costed("bf16", 0.0)).note
     with pytest.raises(UsageError, match="fp8"):
-        resolve_precision("fp8", CPU, model)
+        resolve_precision("fp8", CPU, unsafe)
+
+
+def test_the_engine_runs_an_explicit_precision_the_family_flags_unsafe() -> None:
+    model = _model_with(fp16=False, bf16=False)
+    up = Upscaler(model, device="cpu", precision="bf16", tile=0)
+    assert up.precision == "bf16" and "bf16" in up.precision_note
+    x = torch.rand(3, 12, 12)
+    torch.testing.assert_close(up.upscale(x), whole(model, x), atol=0.05, rtol=0)
 
 
 def test_this_cpu_and_fake_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -474,8 +519,24 @@ def test_this_cpu_and_fake_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert not devices.cpu_has_native_bf16(info)
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert not devices.cpu_has_native_bf16(info)
-    assert not devices.cpu_has_native_bf16(tmp_path / "missing")
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n")  # Arm
+    assert devices.cpu_has_native_bf16(info)
+
+
+def test_bf16_detection_without_proc_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows: PyTorch's CPU probe gives the flags, and oneDNN must agree."""
+    missing = tmp_path / "missing"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx2": True, "avx512_bf16": True})
+    assert devices.cpu_has_native_bf16(missing)
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx2": True, "avx512_bf16": False})
+    assert not devices.cpu_has_native_bf16(missing)
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {})  # no flags at all: oneDNN decides
+    assert devices.cpu_has_native_bf16(missing)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not devices.cpu_has_native_bf16(missing)
 
 
 def test_available_ram_reads_meminfo(tmp_path: Path) -> None:

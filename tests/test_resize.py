@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from upscale_cli import resize as resize_module
 from upscale_cli.resize import imresize
 
 
@@ -194,3 +195,56 @@ def test_runs_in_full_precision_inside_autocast() -> None:
         y = imresize(x, scale=2)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, imresize(x, scale=2), rtol=0, atol=0)
+
+
+# --- the dense form used while tracing / exporting (issue 17) ---------------------------------
+
+@pytest.mark.parametrize("kernel", ["cubic", "lanczos3", "nearest"])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 5), (7, 4), (13, 9)])
+def test_dense_upscale_equals_sparse(kernel: str, factor: int, size: tuple[int, int]) -> None:
+    """Polyphase convolution == the sparse matrix, to 1e-6, down to 1-pixel images (mirroring wraps)."""
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(factor))
+    dense = resize_module._traceable_upscale(x, (factor, factor), kernel)
+    assert dense.shape == (2, 3, factor * size[0], factor * size[1])
+    assert (dense - imresize(x, scale=factor, kernel=kernel)).abs().max().item() < 1e-6
+
+
+def test_dense_upscale_unequal_factors_and_leading_dims() -> None:
+    """``size=`` with different integer factors per dimension; any leading dimensions."""
+    x = torch.rand(5, 7)
+    dense = resize_module._traceable_upscale(x, (2, 3), "cubic")
+    assert (dense - imresize(x, size=(10, 21))).abs().max().item() < 1e-6
+
+
+class _Chroma(torch.nn.Module):
+    """Both ways the models call imresize inside a forward: ``scale=s`` and ``size=`` a multiple."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return imresize(x, scale=3) + imresize(x, size=(3 * x.shape[-2], 3 * x.shape[-1]))
+
+
+def test_traced_resize_is_dynamic_and_exact() -> None:
+    """Traced at 16 px, the graph runs at 11 x 20 (batch 3) and equals the eager (sparse) resize."""
+    traced = torch.jit.trace(_Chroma(), torch.rand(1, 2, 16, 16))
+    assert "sparse" not in str(traced.graph)
+    x = torch.rand(3, 2, 11, 20)
+    assert (traced(x) - _Chroma()(x)).abs().max().item() < 1e-6
+
+
+def test_traced_resize_refuses_non_integer_factors() -> None:
+    class Down(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return imresize(x, scale=0.5)
+
+    with pytest.raises(ValueError, match="only integer upscales can be exported"):
+        torch.jit.trace(Down(), torch.rand(1, 1, 8, 8))
+
+
+def test_eager_keeps_the_sparse_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("dense path used in eager mode")
+
+    monkeypatch.setattr(resize_module, "_traceable_upscale", refuse)
+    assert not resize_module.exporting()
+    assert imresize(torch.rand(1, 1, 4, 4), scale=2).shape == (1, 1, 8, 8)

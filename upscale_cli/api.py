@@ -12,6 +12,7 @@ Colour handling (the README's "Conventions"):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -155,8 +156,10 @@ def upscale_image(
         progress: called with ``(tiles_done, tiles_total)``.
         options: the command line's model, engine and final-size options by name:
             ``scale``, ``weights``, ``arch`` (when ``model`` is a name or None); ``device``,
-            ``precision``, ``tile``, ``tile_overlap``, ``batch_size`` (see
-            :class:`~upscale_cli.engine.Upscaler`); ``outscale``, ``width``, ``height``.
+            ``precision``, ``tile``, ``tile_overlap``, ``batch_size``, ``backend``, ``compile``
+            (see :class:`~upscale_cli.engine.Upscaler`); ``outscale``, ``width``, ``height``.
+            An explicit precision the model has no good measurement for runs all the same,
+            with a :class:`UserWarning` saying so.
 
     A numpy array comes back with the same dtype; a PIL image in the mode
     :func:`~upscale_cli.io.to_pil` chooses for its depth and channels.
@@ -180,6 +183,8 @@ def upscale_image(
     else:
         model = opts.model.load()
     upscaler = Upscaler(model, opts.engine)
+    if upscaler.precision_note:
+        warnings.warn(upscaler.precision_note, UserWarning, stacklevel=2)
     out = upscale_picture(_as_picture(image), upscaler, opts.picture, progress)
     if isinstance(image, Picture):
         return out

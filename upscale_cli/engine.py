@@ -9,11 +9,13 @@ out-of-memory and NaN fallbacks.
   bytes per input pixel measured once on a small probe;
 * a tile (or batch) that runs out of memory is redone as smaller tiles, in place: the image is
   never started over;
-* reduced precision goes through :func:`torch.autocast`: the weights stay fp32 and autocast's
-  op lists keep softmax, normalisations, pooling and sums in fp32.  Casting the whole model
-  (``.half()``) was measured as no more accurate (CARN-M, Set5 x4, CPU: fp16 -0.001 dB, bf16
-  -0.004 dB against fp32 either way) and casts the sensitive ops too.  A tile whose output holds
-  NaN or Inf is redone in fp32.
+* a backend (:mod:`upscale_cli.backends`: PyTorch or OpenVINO) runs each batch of tiles;
+  PyTorch's reduced precision goes through :func:`torch.autocast`: the weights stay fp32 and
+  autocast's op lists keep softmax, normalisations, pooling and sums in fp32.  Casting the
+  whole model (``.half()``) was measured as no more accurate (CARN-M, Set5 x4, CPU: fp16
+  -0.001 dB, bf16 -0.004 dB against fp32 either way) and casts the sensitive ops too.  A tile
+  whose output holds NaN or Inf, on any backend or precision but PyTorch fp32, is redone in
+  PyTorch fp32.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .devices import DTYPES, free_memory, is_out_of_memory, resolve_device, resolve_precision
+from .backends import Setting, make_backend
+from .backends.pytorch import TorchBackend
+from .devices import free_memory, is_out_of_memory, resolve_device, resolve_precision
 from .errors import InputError, UsageError
 from .models.loaded import LoadedModel, pad_to_multiple
 from .options import EngineOptions
@@ -140,6 +144,8 @@ class Upscaler:
         tile_overlap: context pixels per interior tile side; default :func:`default_overlap`.
             At least ``model.radius`` makes tiled output equal whole-image output.
         batch_size: tiles per forward pass.
+        backend: ``auto``, ``torch`` or ``openvino`` (see :func:`~upscale_cli.backends.make_backend`).
+        compile: run PyTorch's network through :func:`torch.compile` (compiled once, here).
 
     Attributes:
         device, precision, channels_last: what was resolved.
@@ -148,19 +154,30 @@ class Upscaler:
         overlap: the overlap in use.
         tile: the tile in use.
         tile_note: one line saying why ``tile`` is not the one asked for, or None.
+        precision_note: one line of warning about an explicit precision (see
+            :class:`~upscale_cli.devices.Precision`), or None.
+        backend: the backend that runs the tiles; backend_note: why ``auto`` did not take
+            OpenVINO where it might have, or None.
     """
 
     def __init__(self, model: LoadedModel, options: EngineOptions | None = None, /, **overrides: Any) -> None:
         opts = replace(options or EngineOptions(), **overrides)
         self.model = model
         self.device = resolve_device(opts.device)
-        self.precision, self.channels_last = resolve_precision(opts.precision, self.device, model)
+        chosen = resolve_precision(opts.precision, self.device, model)
+        self.precision, self.channels_last, self.precision_note = chosen.name, chosen.channels_last, chosen.note
         self.radius = max(model.radius, 2) if model.convention == "y" else model.radius
         self.overlap = default_overlap(self.radius) if opts.tile_overlap is None else opts.tile_overlap
         self.batch_size = opts.batch_size
         self.tile, self.tile_note = self._tile_in_use(opts.tile, explicit_overlap=opts.tile_overlap is not None)
         model.module.eval()
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        setting = Setting(self.device, self.precision, self.channels_last, opts.compile)
+        self.backend, self.backend_note = make_backend(opts.backend, model, setting)
+        eager = Setting(self.device, self.precision, self.channels_last)
+        self._eager = self.backend if self.backend.name == "torch" and not opts.compile else TorchBackend(model, eager)
+        self._exact = TorchBackend(model, Setting(self.device, "fp32", self.channels_last))
+        self._pinned: Tensor | None = None
 
     @property
     def min_tile(self) -> int:
@@ -205,7 +222,7 @@ class Upscaler:
             meter = _LiveBytes()
             meter.see(probe)
             with torch.inference_mode(), meter:
-                self._forward(probe)
+                self._eager(probe)  # PyTorch's peak stands in for every backend's
             cache[key] = SAFETY * meter.peak / (side * side)
         return cache[key]
 
@@ -313,7 +330,7 @@ class Upscaler:
         """
         inp = torch.stack([src[i, :, y : y + th, x : x + tw] for i, y, x in windows])
         try:
-            return list(self._forward(inp.to(self.device)).unbind(0))
+            return list(self._forward(self._to_device(inp)).unbind(0))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -357,17 +374,23 @@ class Upscaler:
         oy, ox = s * (y - y0), s * (x - x0)
         return buf[0, :, oy : oy + s * th, ox : ox + s * tw].to(self.device)
 
+    def _to_device(self, inp: Tensor) -> Tensor:
+        """``inp`` on the device; to CUDA through one reused pinned buffer, without blocking (the
+        buffer is rewritten only after the blocking copy of the batch's outputs)."""
+        if self.device.type != "cuda":
+            return inp.to(self.device)
+        if self._pinned is None or self._pinned.shape != inp.shape:
+            self._pinned = torch.empty(inp.shape, pin_memory=True)
+        return self._pinned.copy_(inp).to(self.device, non_blocking=True)
+
     def _forward(self, x: Tensor) -> Tensor:
-        """The model on a batch in the chosen precision; non-finite tiles redone in fp32."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            return self.model(x).float()
-        with torch.autocast(self.device.type, dtype=DTYPES[self.precision]):
-            y = self.model(x).float()
+        """The backend on a batch; non-finite tiles redone in PyTorch fp32."""
+        y = self.backend(x)
+        if self.backend is self._eager and self.precision == "fp32":
+            return y
         bad = ~torch.isfinite(y).flatten(1).all(1)
         if bad.any():
-            y[bad] = self.model(x[bad]).float()
+            y[bad] = self._exact(x[bad])
         return y
 
     def _release(self) -> None:

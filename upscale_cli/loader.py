@@ -110,6 +110,12 @@ def _finish(
     return loaded.to(device)
 
 
+def precision_costs(record: Mapping[str, Any]) -> dict[str, float]:
+    """``{precision: dB}`` from a manifest entry's (or a file's metadata's) ``precision_cost``
+    (``{"bf16": {"db": 0.004, "device": "cpu", "measured_on": "..."}}``)."""
+    return {name: float(m["db"]) for name, m in record.get("precision_cost", {}).items()}
+
+
 def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, progress: bool) -> LoadedModel:
     arch = get_arch(spec.arch)
     scale = spec.scales[0] if scale is None else int(scale)
@@ -131,12 +137,13 @@ def _named(spec: ModelSpec, scale: int | None, device: str, pretrained: bool, pr
     if "format" in entry:  # another project's format: converted once, then the conversion is used
         path, digest = _converted(spec, module, scale, entry, progress)
         return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest,
-                       extra=extra)
+                       extra=extra, precision_cost=precision_costs(entry))
     path = resolve_weights(spec.name, scale, progress=progress)
     sd, _ = read_checkpoint(path, key=entry.get("wrapper"))
     load_strict(module, convert_for(arch, sd), f"{path.name} ({spec.name} x{scale})")
     digest = entry.get("sha256") or sha256_file(path)  # a full manifest hash was just verified
-    return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra)
+    return _finish(spec.name, arch, module, scale, spec.kwargs, device, source=str(path), sha256=digest, extra=extra,
+                   precision_cost=precision_costs(entry))
 
 
 def _converted(
@@ -262,7 +269,8 @@ def _from_file(
     module = _build(arch, int(scale), kwargs)
     load_strict(module, convert_for(arch, sd), f"{path} ({arch.name} x{scale})")
     digest = sha256_file(path)
-    return _finish(label, arch, module, int(scale), kwargs, device, source=str(path), sha256=digest, extra=extra)
+    return _finish(label, arch, module, int(scale), kwargs, device, source=str(path), sha256=digest, extra=extra,
+                   precision_cost=precision_costs(extra))
 
 
 def load_model(

@@ -78,6 +78,8 @@ class EngineOptions:
     tile: int | str = "auto"
     tile_overlap: int | None = None
     batch_size: int = 4
+    backend: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.tile_overlap is not None and self.tile_overlap < 0:

@@ -22,6 +22,13 @@ It follows MATLAB's ``imresize.m`` (``contributions``) exactly:
 Weights are computed once per geometry in float64 and cached as a sparse ``(out, in)`` matrix per
 device and dtype; resizing one dimension is one sparse-dense matmul over every leading dimension
 (batches, channels) at once, linear in the image size, on any device.
+
+Sparse tensors do not trace, so while a graph is being traced, exported or compiled
+(:func:`exporting`) an integer upscale takes a dense polyphase form of the same matrix: each
+output phase ``p`` of factor ``s`` has the same taps around every source pixel, so a dimension is
+a symmetric pad (built from slices, as the mirrored indices above) followed by one ``s``-channel
+1-D convolution whose channels are interleaved.  Nothing in it depends on the input size, so
+one exported graph serves every tile size.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _EPS = 2.220446049250313e-16  # MATLAB's eps, used inside its lanczos3 formula
@@ -121,6 +130,101 @@ def _resize_dim(x: Tensor, dim: int, out_len: int, scale: float, kernel: str, an
     return y.reshape(out_len, *moved.shape[1:]).movedim(0, dim)
 
 
+def exporting() -> bool:
+    """True while ``torch.jit.trace``, ``torch.export``/``torch.compile`` or the ONNX exporter runs."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _phase_weights(factor: int, kernel: str) -> Tensor:
+    """``(factor, 2R + 1)`` float64 taps of an integer upscale, one row per output phase.
+
+    Output ``x = factor * (j - 1) + p`` (1-based) sits at ``u = j + d_p`` with
+    ``d_p = (p - 0.5) / factor - 0.5``, so its taps are the source pixels ``j + o``,
+    ``|o| <= R = ceil(width / 2)``, weighted ``kernel(d_p - o)`` and normalised as in :func:`_contributions`.
+    """
+    func, width = KERNELS[kernel]
+    reach = math.ceil(width / 2)
+    phase = (torch.arange(1, factor + 1, dtype=torch.float64) - 0.5) / factor - 0.5
+    offsets = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    weights = func(phase[:, None] - offsets[None, :])
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+@lru_cache(maxsize=64)
+def _phase_values(factor: int, kernel: str) -> tuple[tuple[float, ...], ...]:
+    """:func:`_phase_weights` as plain floats, so that every traced call makes the same constant of them."""
+    return tuple(map(tuple, _phase_weights(factor, kernel).tolist()))
+
+
+def _phase_taps(factor: int, kernel: str) -> Tensor:
+    """:func:`_phase_weights`, by how the graph is being made.
+
+    ``torch.compile``/``torch.export`` trace the few ops (a constant once folded).
+    ``torch.jit.trace`` gets a constant made from floats computed in a worker thread (the tracer's
+    state is per thread), so that no op of theirs lands in the graph, which would then differ from
+    the next, cached, trace that OpenVINO's sanity check compares it with.
+    """
+    if torch.compiler.is_compiling():
+        return _phase_weights(factor, kernel)
+    if not torch.jit.is_tracing():
+        return torch.tensor(_phase_values(factor, kernel), dtype=torch.float64)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        values = pool.submit(_phase_values, factor, kernel).result()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.tensor(values, dtype=torch.float64)
+
+
+def _symmetric_pad(x: Tensor, dim: int, reach: int) -> Tensor:
+    """Pad ``reach`` samples on both sides of ``dim`` with MATLAB's symmetric rule, from slices only.
+
+    Step ``k`` prepends element ``2k - 2`` and appends element ``-(2k - 1)`` of the array padded so
+    far: the mirror images of ``-k`` and ``n - 1 + k``, for any length ``n >= 1``.
+    """
+    def part(start: int, stop: int | None) -> Tensor:
+        index = [slice(None)] * x.dim()
+        index[dim] = slice(start, stop)
+        return x[tuple(index)]
+
+    for k in range(1, reach + 1):
+        x = torch.cat([part(2 * k - 2, 2 * k - 1), x, part(-(2 * k - 1), -(2 * k - 2) or None)], dim=dim)
+    return x
+
+
+def _upscale_dim(x: Tensor, dim: int, factor: int, kernel: str) -> Tensor:
+    """Integer upscale of ``(B, 1, H, W)`` along ``dim`` (-1 width, -2 height) by one ``factor``-phase conv."""
+    taps = _phase_taps(factor, kernel).to(device=x.device, dtype=x.dtype)
+    reach = taps.shape[1] // 2
+    padded = _symmetric_pad(x, dim, reach)
+    if dim == -1:
+        y = F.conv2d(padded, taps[:, None, None, :])  # (B, factor, H, W)
+        return y.permute(0, 2, 3, 1).flatten(2).unsqueeze(1)
+    y = F.conv2d(padded, taps[:, None, :, None])
+    return y.permute(0, 2, 1, 3).flatten(1, 2).unsqueeze(1)
+
+
+def _integer_factor(out: object, length: object, what: str) -> int:
+    """``out / length`` as an int when it is one (sizes may be traced tensors or symbolic ints)."""
+    if isinstance(out, Tensor) or isinstance(length, Tensor):  # torch.jit.trace: 0-dim size tensors
+        with warnings.catch_warnings():  # the ratio is what the trace keeps, not the sizes
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            out, length = int(out), int(length)
+    factor = out // length
+    if factor * length != out or factor < 1:
+        raise ValueError(f"imresize: only integer upscales can be exported, got {what}")
+    return int(factor)
+
+
+def _traceable_upscale(x: Tensor, factors: tuple[int, int], kernel: str) -> Tensor:
+    """The dense form of :func:`imresize` for integer upscale factors (height, width)."""
+    lead = x.shape[:-2]
+    y = x.reshape(-1, 1, x.shape[-2], x.shape[-1])
+    for d in sorted((0, 1), key=lambda k: factors[k]):  # the sparse path's order
+        if factors[d] > 1:
+            y = _upscale_dim(y, d - 2, factors[d], kernel)
+    return y.reshape(*lead, y.shape[-2], y.shape[-1])
+
+
 def output_size(in_size: tuple[int, int], scale: float) -> tuple[int, int]:
     """MATLAB's output size for a scale factor: ``ceil(scale * in)`` per dimension."""
     return (math.ceil(scale * in_size[0]), math.ceil(scale * in_size[1]))
@@ -157,6 +261,18 @@ def imresize(
     if x.dim() < 2:
         raise ValueError(f"imresize: expected (..., H, W), got shape {tuple(x.shape)}")
     in_size = (x.shape[-2], x.shape[-1])
+    if exporting():
+        if scale is not None:
+            factors = (_integer_factor(scale, 1, f"scale {scale}"),) * 2
+        else:
+            assert size is not None
+            factors = (
+                _integer_factor(size[0], in_size[0], "an output height that is no multiple of the input's"),
+                _integer_factor(size[1], in_size[1], "an output width that is no multiple of the input's"),
+            )
+        y = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            return _traceable_upscale(y, factors, kernel).to(x.dtype)
     if scale is not None:
         if not scale > 0:
             raise ValueError(f"imresize: scale must be positive, got {scale}")

@@ -1,3 +1,3 @@
 """Subcommands of ``upscale``; each module exposes ``register(app)``."""
 
-SUBCOMMANDS = ("models", "download", "convert", "bench", "train")
+SUBCOMMANDS = ("models", "download", "convert", "bench", "train", "export")

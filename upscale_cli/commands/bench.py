@@ -200,6 +200,7 @@ def run(
     data_dir: Path | None,
     device: str,
     precision: str,
+    backend: str,
     tile: str,
     save_images: Path | None,
     max_pixels: int | None,
@@ -227,7 +228,7 @@ def run(
             model = load_model(name, scale, weights=weights, device="cpu")
             if weights is not None and any(c.model.name == model.name for c in out):
                 model.name = f"{model.name} ({Path(weights).name})"
-            engine = Upscaler(model, device=device, precision=precision, tile=tile, batch_size=1)
+            engine = Upscaler(model, device=device, precision=precision, backend=backend, tile=tile, batch_size=1)
             out.append(Contestant(model, engine.upscale))
         return out
 
@@ -263,6 +264,7 @@ def bench(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (the protocol's), fp16, bf16 or auto."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or openvino (as for upscale)."),
     tile: str = typer.Option(
         "0", "--tile", help="Tile side in input pixels; 0 = whole image (exact), auto = fit memory."
     ),
@@ -313,6 +315,7 @@ def bench(
             "data_dir": data_dir,
             "device": device,
             "precision": precision,
+            "backend": backend,
             "tile": tile,
             "max_pixels": max_pixels,
         }

@@ -34,17 +34,20 @@ from ..options import (
 from ..reporting import reported
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    from collections.abc import Callable
+
+    from rich.progress import Progress, TaskID
 
     from ..engine import Upscaler
     from ..inputs import Source
     from ..io import ImageInfo, Picture
+    from ..pipeline import Outcome
 
 __all__ = ["DEFAULT_MODEL", "app"]
 
 _EPILOG = (
     "Subcommands: [bold]upscale models[/], [bold]upscale download[/], [bold]upscale bench[/], "
-    "[bold]upscale train[/] (each has --help). "
+    "[bold]upscale train[/], [bold]upscale export[/] (each has --help). "
     "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable, 130 interrupted, "
     "143 terminated."
 )
@@ -175,6 +178,14 @@ def upscale(
         "--precision", rich_help_panel=_ENGINE,
         help="auto|fp32|fp16|bf16 (auto: fp16/bf16 on GPU, bf16 on CPUs with native bf16, "
              "else fp32).")] = EngineOptions.precision,
+    backend: Annotated[str, typer.Option(
+        "--backend", rich_help_panel=_ENGINE,
+        help="auto|torch|openvino (auto: OpenVINO on the CPU when installed and the model converts; "
+             "$UPSCALE_BACKEND sets it).")] = EngineOptions.backend,
+    compile: Annotated[bool, typer.Option(
+        "--compile", rich_help_panel=_ENGINE,
+        help="torch.compile the network once per run (pays off over a folder, mostly on GPUs).")]
+        = EngineOptions.compile,
     as_json: Annotated[bool, typer.Option(
         "--json", help="One JSON object per image on stdout.")] = ReportOptions.as_json,
     quiet: Annotated[bool, typer.Option(
@@ -217,6 +228,10 @@ def _run(console: Console, words: list[str], opts: RunOptions) -> int:
     upscaler = Upscaler(loaded, opts.engine)
     if upscaler.tile_note:
         _note(console, opts, upscaler.tile_note)
+    if upscaler.precision_note:
+        console.print(f"[yellow]warning:[/] {escape(upscaler.precision_note)}", highlight=False)
+    if upscaler.backend_note and opts.report.verbose:
+        _note(console, opts, upscaler.backend_note)
     suffix = opts.output.name_suffix(loaded.name, loaded.scale, opts.picture.outscale)
     jobs = _plan(sources, {src.path.resolve() for src in expansion.sources}, single_file, suffix, opts)
     emit = _Emitter(opts.report.as_json, loaded.name, loaded.scale, str(upscaler.device), upscaler.precision)
@@ -389,9 +404,19 @@ def _dry_run(console: Console, jobs: list[Job], upscaler: Upscaler, emit: _Emitt
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _overlap(jobs: list[Job]) -> bool:
+    """Pipeline the jobs (decode ahead, encode behind) when more than one has work to do and
+    ``$UPSCALE_OVERLAP`` is not ``0`` (the switch that benchmarks and tests compare with)."""
+    import os
+
+    return os.environ.get("UPSCALE_OVERLAP", "1") != "0" and sum(job.status != "failed" for job in jobs) > 1
+
+
 def _process(console: Console, failed: list[Job], jobs: list[Job], upscaler: Upscaler, emit: _Emitter,
              opts: RunOptions, protect: set[Path]) -> int:
-    """Run the jobs in order with progress bars; the summary line at the end."""
+    """Run the jobs in order with progress bars (:class:`~upscale_cli.pipeline.Pipeline`: a
+    folder's next image is decoded and its previous one encoded while the network runs); the
+    summary line at the end.  Stopping at a failure writes nothing past the failing job."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -400,6 +425,9 @@ def _process(console: Console, failed: list[Job], jobs: list[Job], upscaler: Ups
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from ..io import ImageIOWarning
+    from ..pipeline import Pipeline
 
     counts = {"done": 0, "skipped": 0, "failed": 0}
     out_pixels = 0
@@ -418,28 +446,26 @@ def _process(console: Console, failed: list[Job], jobs: list[Job], upscaler: Ups
             fail(job, job.error or str(job.input))
         stop = bool(failed) and not opts.input.continue_on_error
         files_task = progress.add_task("images", total=len(jobs))
-        for job in jobs:
-            if stop:
-                break
-            progress.update(files_task, description=f"{job.input.name}")
+
+        def settle(outcome: Outcome[Job, _Written]) -> bool:
+            nonlocal out_pixels
+            job = outcome.job
+            out_pixels += _one(outcome, opts, progress)
             if job.status == "failed":
                 fail(job, job.error or "failed")
             else:
-                try:
-                    out_pixels += _one(job, upscaler, opts, protect, progress)
-                except UpscaleError as exc:
-                    if opts.report.verbose:
-                        progress.console.print(traceback.format_exc(), highlight=False, markup=False)
-                    fail(job, str(exc) if str(job.input) in str(exc) else f"{job.input}: {exc}")
-                except Exception as exc:  # an unexpected bug still gets one line (and the trace with -v)
-                    if opts.report.verbose:
-                        progress.console.print(traceback.format_exc(), highlight=False, markup=False)
-                    fail(job, f"{job.input}: {type(exc).__name__}: {exc}".splitlines()[0])
-                else:
-                    counts[job.status] += 1
-                    emit(job)
-            stop = job.status == "failed" and not opts.input.continue_on_error
+                counts[job.status] += 1
+                emit(job)
             progress.advance(files_task)
+            return job.status != "failed" or opts.input.continue_on_error
+
+        if not stop:
+            work = _Work(upscaler, opts, protect, progress, files_task)
+            pipeline = Pipeline(work.decode, work.compute, work.encode, settle)
+            work.poll = pipeline.poll
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", ImageIOWarning)
+                pipeline.run(jobs, overlap=_overlap(jobs))
     elapsed = time.perf_counter() - started
     not_run = len(jobs) + len(failed) - sum(counts.values())
     mps = out_pixels / 1e6 / elapsed if elapsed > 0 else 0.0
@@ -451,52 +477,119 @@ def _process(console: Console, failed: list[Job], jobs: list[Job], upscaler: Ups
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
-def _one(job: Job, upscaler: Upscaler, opts: RunOptions, protect: set[Path], progress: Progress) -> int:
-    """Check, decode, upscale and write one job; its status becomes done or skipped.  Returns
-    the output pixels written.  Notes of the reader and the writer become ``warning:`` lines."""
-    from ..io import ImageIOWarning
-
-    t0 = time.perf_counter()
-    *_, action = _check(job, upscaler, opts)
-    if action == "skip":
-        job.status = "skipped"
+def _one(outcome: Outcome[Job, _Written], opts: RunOptions, progress: Progress) -> int:
+    """Settle one job from its outcome: done (the notes of the reader and the writer become
+    ``warning:`` lines), skipped, or failed with one line (the traceback under ``-v``).  Returns
+    the output pixels written."""
+    job, exc = outcome.job, outcome.error
+    if exc is not None:
+        if opts.report.verbose:
+            progress.console.print("".join(traceback.format_exception(exc)), highlight=False, markup=False)
+        if isinstance(exc, UpscaleError):
+            message = str(exc) if str(job.input) in str(exc) else f"{job.input}: {exc}"
+        else:  # an unexpected bug still gets one line (and the trace with -v)
+            message = f"{job.input}: {type(exc).__name__}: {exc}".splitlines()[0]
+        job.status, job.error = "failed", message
         return 0
-    if action == "redo":
-        _note(progress.console, opts, f"{job.output} is incomplete or unreadable; redoing it")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageIOWarning)
-        pic, result, tile = _work(job, upscaler, opts, action, protect, progress)
-    for w in caught:
+    written = outcome.result
+    if written is None:  # failed in the plan, or skipped: the status says which
+        return 0
+    for w in outcome.warnings:
         progress.console.print(f"[yellow]warning:[/] {escape(f'{job.input}: {w.message}')}", highlight=False)
     job.status = "done"
-    job.info.update(width=pic.width, height=pic.height, out_width=result.width, out_height=result.height,
-                    tile=tile, seconds=round(time.perf_counter() - t0, 4))
-    return result.width * result.height * result.frame_count
+    job.info.update(width=written.width, height=written.height, out_width=written.out_width,
+                    out_height=written.out_height, tile=written.tile, seconds=round(outcome.seconds, 4))
+    return written.pixels
 
 
-def _work(job: Job, upscaler: Upscaler, opts: RunOptions, action: str, protect: set[Path],
-          progress: Progress) -> tuple[Picture, Picture, int]:
-    """Decode, upscale (with a tiles bar when there are several) and write atomically; returns
-    the input, the output and the tile side."""
-    from ..api import upscale_picture
-    from ..io import output_holds, read_image, write_image
+@dataclass
+class _Decoded:
+    """A job's input, checked and decoded, and what becomes of its output (``_action``)."""
 
-    pic = read_image(job.input, opts.input.max_pixels, first_frame=opts.input.first_frame)
-    reason = output_holds(pic, job.format)  # type: ignore[arg-type]  # the value range, known now
-    if reason:
-        raise InputError(f"{job.input}: {reason}")
-    plan = upscaler.plan(pic.height, pic.width)
-    tiles = progress.add_task("  tiles", total=plan.count * pic.frame_count) if plan.count > 1 else None
+    pic: Picture
+    action: str
 
-    def on_tiles(done: int, total: int) -> None:
-        if tiles is not None:
-            progress.update(tiles, completed=done, total=total)
 
-    try:
-        result = upscale_picture(pic, upscaler, opts.picture, progress=on_tiles)
-        write_image(result, job.output, opts.output.fmt, opts.output.quality,  # type: ignore[arg-type]
-                    overwrite=action in ("overwrite", "redo"), protect=protect)
-    finally:
-        if tiles is not None:
-            progress.remove_task(tiles)
-    return pic, result, plan.tile
+@dataclass
+class _Computed:
+    """A job's upscaled picture, waiting to be written."""
+
+    width: int
+    height: int
+    result: Picture
+    tile: int
+    action: str
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a job's record says of a written output."""
+
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    tile: int
+    pixels: int
+
+
+class _Work:
+    """The three stages of a job for :class:`~upscale_cli.pipeline.Pipeline`: ``decode`` (the
+    header checks, then the read), ``compute`` (the network, with a tiles bar: always in the main
+    thread, which owns the progress bars) and ``encode`` (the atomic write).  Overlapped, decode
+    and encode run on the pipeline's I/O thread."""
+
+    def __init__(self, upscaler: Upscaler, opts: RunOptions, protect: set[Path], progress: Progress,
+                 files_task: TaskID) -> None:
+        self.upscaler, self.opts, self.protect, self.progress, self.files_task = (
+            upscaler, opts, protect, progress, files_task)
+        self.poll: Callable[[], None] = lambda: None  # the pipeline's: settles a finished encode
+
+    def decode(self, job: Job) -> _Decoded | None:
+        """Check the header, then decode; ``None`` for a job failed in the plan or skipped."""
+        from ..io import output_holds, read_image
+
+        if job.status == "failed":
+            return None
+        *_, action = _check(job, self.upscaler, self.opts)
+        if action == "skip":
+            job.status = "skipped"
+            return None
+        pic = read_image(job.input, self.opts.input.max_pixels, first_frame=self.opts.input.first_frame)
+        reason = output_holds(pic, job.format)  # type: ignore[arg-type]  # the value range, known now
+        if reason:
+            raise InputError(f"{job.input}: {reason}")
+        return _Decoded(pic, action)
+
+    def compute(self, job: Job, decoded: _Decoded) -> _Computed:
+        """Upscale, with a tiles bar when there are several."""
+        from ..api import upscale_picture
+
+        progress, pic = self.progress, decoded.pic
+        progress.update(self.files_task, description=f"{job.input.name}")
+        if decoded.action == "redo":
+            _note(progress.console, self.opts, f"{job.output} is incomplete or unreadable; redoing it")
+        plan = self.upscaler.plan(pic.height, pic.width)
+        tiles = progress.add_task("  tiles", total=plan.count * pic.frame_count) if plan.count > 1 else None
+
+        def on_tiles(done: int, total: int) -> None:
+            if tiles is not None:
+                progress.update(tiles, completed=done, total=total)
+            self.poll()
+
+        try:
+            result = upscale_picture(pic, self.upscaler, self.opts.picture, progress=on_tiles)
+        finally:
+            if tiles is not None:
+                progress.remove_task(tiles)
+        return _Computed(pic.width, pic.height, result, plan.tile, decoded.action)
+
+    def encode(self, job: Job, computed: _Computed) -> _Written:
+        """Write atomically (never onto an input)."""
+        from ..io import write_image
+
+        out = computed.result
+        write_image(out, job.output, self.opts.output.fmt, self.opts.output.quality,  # type: ignore[arg-type]
+                    overwrite=computed.action in ("overwrite", "redo"), protect=self.protect)
+        return _Written(computed.width, computed.height, out.width, out.height, computed.tile,
+                        out.width * out.height * out.frame_count)

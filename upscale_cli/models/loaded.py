@@ -73,6 +73,9 @@ class LoadedModel:
         source: where the weights came from (path, URL, ``"random"``, ``"none"``).
         sha256: hex digest of the weights file, when there was one.
         extra: anything else worth reporting (e.g. training metadata).
+        precision_cost: measured Set5 PSNR loss in dB against fp32 at this scale, by reduced
+            precision (``{"bf16": 0.004}``), from the manifest entry or the file's metadata
+            (``benchmarks/precision_cost.py`` measures it); a precision missing is unmeasured.
     """
 
     name: str
@@ -83,6 +86,7 @@ class LoadedModel:
     source: str = "random"
     sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    precision_cost: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def convention(self) -> str:
@@ -99,10 +103,12 @@ class LoadedModel:
 
     @property
     def supports_fp16(self) -> bool:
+        """The family's fp16 flag: the fallback for a model with no measured fp16 cost."""
         return self.arch.fp16
 
     @property
     def supports_bf16(self) -> bool:
+        """The family's bf16 flag: the fallback for a model with no measured bf16 cost."""
         return self.arch.bf16
 
     @property
