@@ -344,3 +344,60 @@ def test_bench_json_and_csv_carry_alexsim_and_lpips(tmp_path: Path) -> None:
     assert out.stdout.splitlines()[0].split(",")[4:8] == ["psnr", "ssim", "alexsim", "lpips"]
     bad = invoke(*base, "--metric", "psnr,fid")
     assert bad.exit_code == 2 and "--metric fid" in bad.output
+
+
+# --- perceptual columns in table and markdown, the plot ------------------------------------------
+
+
+def _perceptual_rows() -> list[bench_mod.Row]:
+    rows = []
+    for model, lp in (("bicubic", 0.31), ("a-rather-long-model-name", 0.12)):
+        for set_name in ("Set5", "Set14"):
+            row = bench_mod.Row(model, 4, set_name, 1234567, output_pixels=10**6)
+            row.per_image["x.png"] = {"psnr": 28.4217, "ssim": 0.81041, "seconds": 0.5, "alexsim": 0.97531, "lpips": lp}
+            rows.append(row)
+    return rows
+
+
+def test_markdown_and_table_carry_alexsim_and_lpips() -> None:
+    rows = _perceptual_rows()
+    md = bench_cmd.render(rows, "markdown").splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert header[2:4] == ["Set5 PSNR / SSIM / AlexSim / LPIPS", "Set14 PSNR / SSIM / AlexSim / LPIPS"]
+    cells = [c.strip() for c in md[3].strip("|").split("|")]
+    assert cells[2] == "28.42 / 0.8104 / 0.9753 / 0.1200"
+    table = rich_at(rows, 80)
+    assert max(len(line) for line in table.splitlines()) <= 80
+    for figure in ("28.42 / 0.8104", "0.9753 / 0.1200", "0.9753 / 0.3100", "1,234,567"):
+        assert figure in table  # each on one line, unbroken, at 80 columns
+    assert "LPIPS: lower is better" in bench_cmd.render(rows, "table")
+    plain = [bench_mod.Row("bicubic", 4, "Set5", 0, {"x.png": {"psnr": 28.0, "ssim": 0.8, "seconds": 0.1}}, 10)]
+    assert "AlexSim" not in bench_cmd.render(plain, "markdown") and "LPIPS" not in bench_cmd.render(plain, "table")
+
+
+def rich_at(rows: list[bench_mod.Row], width: int) -> str:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(bench_cmd.text_table(rows))
+    return console.file.getvalue()
+
+
+def test_plot_labels_do_not_overlap_and_lpips_flips_its_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plt = pytest.importorskip("matplotlib.pyplot", reason="matplotlib (the optional 'plot' extra) is not installed")
+    rows = []
+    for i in range(6):  # six models crowded into one corner
+        row = bench_mod.Row(f"model-{i}", 2, "Set5", 0, output_pixels=int((1 + 0.02 * i) * 1e6))
+        row.per_image["x.png"] = {"psnr": 30 + 0.01 * i, "ssim": 0.9, "seconds": 1.0, "lpips": 0.2 + 0.001 * i}
+        rows.append(row)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    bench_cmd.plot(rows, tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.format == "PNG"
+    ax = figures[0].axes[0]
+    assert ax.yaxis_inverted() and "LPIPS" in ax.get_ylabel() and "lower is better" in ax.get_ylabel()
+    renderer = figures[0].canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == [f"model-{i}" for i in range(6)]
+    assert not any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1 :])

@@ -1,6 +1,6 @@
 """Entry point of the ``upscale`` command.
 
-``upscale INPUT... [options]`` upscales images; ``upscale models|download|convert|bench|train|export ...``
+``upscale INPUT... [options]`` upscales images; ``upscale models|download|convert|bench|compare|train|export ...``
 run the subcommands.  The first word decides: a subcommand name selects the subcommand, any
 other word is an input of the main command (write ``./bench`` for a file called ``bench``).
 """
@@ -22,7 +22,7 @@ Upscale images with `upscale INPUT... [options]` (see `upscale --help`), or run 
 
 
 def _group_app() -> typer.Typer:
-    from .commands import bench, convert, export, models, train
+    from .commands import bench, compare, convert, export, models, train
 
     app = typer.Typer(
         name="upscale",
@@ -32,7 +32,7 @@ def _group_app() -> typer.Typer:
         rich_markup_mode="rich",
         pretty_exceptions_enable=False,
     )
-    for module in (models, convert, bench, train, export):
+    for module in (models, convert, bench, compare, train, export):
         module.register(app)
     return app
 

@@ -1,3 +1,3 @@
 """Subcommands of ``upscale``; each module exposes ``register(app)``."""
 
-SUBCOMMANDS = ("models", "download", "convert", "bench", "train", "export")
+SUBCOMMANDS = ("models", "download", "convert", "bench", "compare", "train", "export")

@@ -101,29 +101,74 @@ def _speed(rows: Sequence[Row]) -> tuple[float, float]:
     return (seconds / images if images else math.nan), throughput(sum(r.output_pixels for r in rows), seconds)
 
 
-def table_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and body of the summary table: one line per model and scale, PSNR / SSIM per set."""
+METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "alexsim": "AlexSim", "lpips": "LPIPS"}
+METRIC_DIGITS = {"psnr": 2, "ssim": 4, "alexsim": 4, "lpips": 4}
+
+
+def _extra(rows: Sequence[Row]) -> list[str]:
+    """The extra metrics (alexsim, lpips) measured in any of ``rows``, in column order."""
+    from ..bench import EXTRA_METRICS
+
+    return [m for m in EXTRA_METRICS if any(m in r.measured for r in rows)]
+
+
+def _cell(row: Row, metrics: Sequence[str]) -> str:
+    """``row``'s figures for ``metrics`` joined by `` / `` (``-`` where one was not measured)."""
+    measured = ("psnr", "ssim", *row.measured)
+    return " / ".join(_fmt(row._mean(m), METRIC_DIGITS[m]) if m in measured else "-" for m in metrics)
+
+
+def table_cells(rows: Sequence[Row], multiline: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the summary table: one line per model and scale, PSNR / SSIM per set,
+    then AlexSim / LPIPS where measured (with ``multiline`` and those, the set's name and the
+    perceptual figures go on lines of their own, which keeps the rich table narrow)."""
     sets, groups = _grouped(rows)
-    header = ["Model", "Scale", *(f"{s} PSNR / SSIM" for s in sets), "Params", "s / image", "MP/s"]
+    extra = _extra(rows)
+    parts = [["psnr", "ssim"], extra] if multiline and extra else [["psnr", "ssim", *extra]]
+    sep = "\n"
+    names = sep.join(" / ".join(METRIC_LABELS[m] for m in part) for part in parts)
+
+    def label(set_name: str) -> str:
+        return set_name + (sep if len(parts) > 1 else " ") + names
+
+    header = ["Model", "Scale", *(label(s) for s in sets), "Params", "s / image", "MP/s"]
     body = []
     for model, scale, by_set in groups:
-        quality = [f"{_fmt(by_set[s].psnr, 2)} / {_fmt(by_set[s].ssim, 4)}" if s in by_set else "-" for s in sets]
+        quality = [sep.join(_cell(by_set[s], part) for part in parts) if s in by_set else "-" for s in sets]
         sec, mps = _speed(list(by_set.values()))
         params = next(iter(by_set.values())).params
         body.append([model, f"x{scale}", *quality, f"{params:,}", _fmt(sec, 3), _fmt(mps, 2)])
     return header, body
 
 
-def rich_table(header: list[str], body: list[list[str]]) -> Table:
-    """The cells as a rich table, as plain text (set and model names may hold ``[...]``)."""
+def table_title(rows: Sequence[Row]) -> str:
+    """What the table's figures are (the perceptual ones are on RGB, LPIPS lower is better)."""
+    title = "PSNR (dB) / SSIM on Y, standard protocol"
+    extra = _extra(rows)
+    if extra:
+        title += "; " + " / ".join(METRIC_LABELS[m] for m in extra) + " on RGB"
+        title += " (LPIPS: lower is better)" if "lpips" in extra else ""
+    return title
+
+
+def rich_table(header: list[str], body: list[list[str]], title: str = "PSNR (dB) / SSIM on Y, standard protocol"
+               ) -> Table:
+    """The cells as a rich table, as plain text (set and model names may hold ``[...]``); figures
+    never wrap (the headers and the model names do), so two sets fit in 80 columns."""
     from rich.text import Text
 
-    table = Table(title="PSNR (dB) / SSIM on Y, standard protocol")
+    table = Table(title=title, show_edge=False, pad_edge=False)
     for i, name in enumerate(header):
-        table.add_column(Text(name), justify="left" if i == 0 else "right")
+        table.add_column(Text(name), justify="left" if i == 0 else "right", no_wrap=i not in (0, len(header) - 2),
+                         overflow="fold", min_width=len(max(name.split(), key=len)))
     for cells in body:
         table.add_row(*(Text(cell) for cell in cells))
     return table
+
+
+def text_table(rows: Sequence[Row]) -> Table:
+    """The rich table of ``rows`` (perceptual figures on a second line of each cell)."""
+    return rich_table(*table_cells(rows, multiline=True), title=table_title(rows))
 
 
 def render(rows: Sequence[Row], fmt: str) -> str:
@@ -132,9 +177,7 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         return json.dumps({"rows": [r.to_dict() for r in rows]}, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        from ..bench import EXTRA_METRICS
-
-        extra = [m for m in EXTRA_METRICS if any(m in r.measured for r in rows)]
+        extra = _extra(rows)
         fields = [*CSV_FIELDS[:6], *extra, *CSV_FIELDS[6:]]
         writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -147,7 +190,7 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines) + "\n"
     console = Console(file=io.StringIO(), width=200, color_system=None)
-    console.print(rich_table(header, body))
+    console.print(text_table(rows))
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -163,27 +206,90 @@ def _pyplot() -> Any:
     return plt
 
 
+LABEL_OFFSETS = ((6, 6), (6, -12), (-6, 6), (-6, -12), (8, -3), (-8, -3), (0, 10), (0, -16), (14, 14), (-14, -20))
+"""Offsets (points) tried in turn for a point's label, the first free one taken."""
+
+
+def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
+    """Label each point with the first offset whose text overlaps no other label nor marker and
+    stays inside the axes (the first offset when none is free)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    taken: list[Any] = []
+    for x, y, text in points:
+        chosen = None
+        for dx, dy in LABEL_OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
+            extent = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = box.contains(extent.x0, extent.y0) and box.contains(extent.x1, extent.y1)
+            hits = any(extent.overlaps(t) for t in taken) or any(extent.contains(mx, my) for mx, my in markers)
+            if inside and not hits:
+                chosen = (label, extent)
+                break
+            label.remove()
+        if chosen is None:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=LABEL_OFFSETS[0], fontsize=8)
+            chosen = (label, label.get_window_extent(renderer))
+        taken.append(chosen[1])
+
+
+def _quality(rows: Sequence[Row]) -> str:
+    """``lpips`` when every row of a panel has a finite LPIPS, else ``psnr``."""
+    return "lpips" if rows and all("lpips" in r.measured and math.isfinite(r._mean("lpips")) for r in rows) else "psnr"
+
+
 def plot(rows: Sequence[Row], path: Path) -> None:
-    """PSNR against output MP/s (log): one panel per set, one marker per model and scale."""
+    """Quality against output MP/s: one panel per set and scale, one labelled point per model.
+
+    Quality is PSNR (Y, higher is better) or, where measured for every model of the panel,
+    LPIPS (drawn with its axis flipped, so that up is better in every panel); the speed axis is
+    logarithmic (in every panel) when the run's speeds spread over more than a factor of 10.
+    """
     from ..weights import atomic_path
 
     plt = _pyplot()
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-    sets, groups = _grouped(rows)
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
-    for ax, set_name in zip(axes[0], sets):
-        for model in dict.fromkeys(m for m, _, _ in groups):
-            pts = [(g[set_name], s) for m, s, g in groups if m == model and set_name in g]
-            ax.plot([r.megapixels_per_second for r, _ in pts], [r.psnr for r, _ in pts], "o", label=model)
-            for r, s in pts:
-                ax.annotate(f"x{s}", (r.megapixels_per_second, r.psnr), textcoords="offset points", xytext=(4, 4))
-        ax.set(xscale="log", xlabel="output megapixels / s", ylabel="PSNR (dB, Y)", title=set_name)
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    keys = list(dict.fromkeys((r.set, r.scale) for r in rows))
+    models = list(dict.fromkeys(r.model for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cols = min(len(keys), 3)
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    speeds = [r.megapixels_per_second for r in rows if 0 < r.megapixels_per_second < math.inf]
+    spread = max(speeds) / min(speeds) if speeds else 1.0  # one axis kind for every panel
+    labels = []
+    for ax, (set_name, scale) in zip(axes.flat, keys):
+        panel = [r for r in rows if (r.set, r.scale) == (set_name, scale)]
+        metric = _quality(panel)
+        points = [(r.megapixels_per_second, r._mean(metric), r.model) for r in panel]
+        points = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1]) and p[0] > 0]
+        for x, y, model in points:
+            ax.plot([x], [y], "o", color=colours[models.index(model) % len(colours)], markersize=7)
+        if spread > 10:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            if spread < 100:  # up to two decades: 2 and 5 of each are labelled too
+                ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+                ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        if metric == "lpips":
+            ax.set_ylabel("LPIPS-Alex (lower is better; axis flipped)")
+            ax.invert_yaxis()
+        else:
+            ax.set_ylabel("PSNR (dB, Y)")
+        ax.set(xlabel="output megapixels / s (faster ->)", title=f"{set_name} x{scale}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.margins(0.25, 0.2)
+        labels.append((ax, points))
+    fig.suptitle("Quality against speed: up and to the right is better", fontsize=11)
     fig.tight_layout()
+    for ax, points in labels:  # once the layout is final: placement is measured on the canvas
+        _place_labels(ax, points)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
@@ -276,7 +382,7 @@ def bench(
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the result to FILE instead of stdout."),
     plot_file: Path = typer.Option(
-        None, "--plot", help=f"Draw PSNR against speed to FILE.png (needs matplotlib: {PLOT_HINT})."
+        None, "--plot", help=f"Draw quality against speed to FILE.png (needs matplotlib: {PLOT_HINT})."
     ),
     metric: str = typer.Option("psnr,ssim", "--metric", help="psnr, ssim, alexsim, lpips; comma separated."),
     alexnet_weights: Path = typer.Option(
@@ -326,7 +432,7 @@ def bench(
             with atomic_path(output) as tmp:
                 tmp.write_text(render(rows, fmt), encoding="utf-8")
         elif fmt == "table":
-            Console().print(rich_table(*table_cells(rows)))
+            Console().print(text_table(rows))
         else:
             typer.echo(render(rows, fmt), nl=False)
         if plot_file is not None:

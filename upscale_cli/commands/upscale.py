@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_MODEL", "app"]
 
 _EPILOG = (
     "Subcommands: [bold]upscale models[/], [bold]upscale download[/], [bold]upscale bench[/], "
-    "[bold]upscale train[/], [bold]upscale export[/] (each has --help). "
+    "[bold]upscale compare[/], [bold]upscale train[/], [bold]upscale export[/] (each has --help). "
     "Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 3 weights unavailable, 130 interrupted, "
     "143 terminated."
 )
