@@ -95,14 +95,18 @@ def test_openvino_equals_pytorch_fp32(name: str, scale: int) -> None:
     assert got.shape == ref.shape
 
 
+def _openvino_error(model, size: tuple[int, int], precision: str) -> float:
+    """Max abs difference of OpenVINO in ``precision`` from PyTorch fp32, whole image."""
+    x = torch.rand(3, *size, generator=torch.Generator().manual_seed(2))
+    ref = Upscaler(model, device="cpu", precision="fp32", backend="torch", tile=0).upscale(x)
+    got = Upscaler(model, device="cpu", precision=precision, backend="openvino", tile=0).upscale(x)
+    return float((got - ref).abs().max())
+
+
 def test_the_shipped_default_model_runs_on_openvino() -> None:
     """``default`` resizes its chroma with the MATLAB bicubic: its exportable form must hold."""
     pytest.importorskip("openvino")
-    model = load_model("default", 4)
-    x = torch.rand(3, 30, 41, generator=torch.Generator().manual_seed(2))
-    ref = Upscaler(model, device="cpu", precision="fp32", backend="torch", tile=0).upscale(x)
-    got = Upscaler(model, device="cpu", precision="fp32", backend="openvino", tile=0).upscale(x)
-    assert float((got - ref).abs().max()) <= 1e-4
+    assert _openvino_error(load_model("default", 4), (30, 41), "fp32") <= 1e-4
 
 
 def test_the_converted_model_is_cached_by_weights_and_openvino_version(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,11 +135,7 @@ def test_the_converted_model_is_cached_by_weights_and_openvino_version(monkeypat
 
 def test_openvino_bf16_hint_stays_close() -> None:
     pytest.importorskip("openvino")
-    model = _net("fsrcnn", 2)
-    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
-    ref = Upscaler(model, device="cpu", precision="fp32", backend="torch", tile=0).upscale(x)
-    got = Upscaler(model, device="cpu", precision="bf16", backend="openvino", tile=0).upscale(x)
-    assert float((got - ref).abs().max()) < 0.05
+    assert _openvino_error(_net("fsrcnn", 2), (32, 32), "bf16") < 0.05
 
 
 class _Broken:
