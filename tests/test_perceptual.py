@@ -80,7 +80,7 @@ def test_missing_weights_error_names_download_and_place(tmp_path: Path, monkeypa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(ALEXNET_ENV, raising=False)
     monkeypatch.delenv(LPIPS_ENV, raising=False)
-    with pytest.raises(WeightsError, match=r"alex\.pth.*download https://github\.com/.*--lpips-weights"):
+    with pytest.raises(WeightsError, match=r"alex\.pth.*offline.*download https://raw\.githubusercontent\.com/.*--lpips-weights"):
         load_alex_metrics()
     monkeypatch.setenv(ALEXNET_ENV, str(tmp_path / "nope.pth"))
     with pytest.raises(WeightsError, match=r"nope\.pth: no such AlexNet weights file"):
@@ -109,3 +109,36 @@ def test_real_weights_rank_blur_below_identity() -> None:
     assert float(net.lpips(blur, hr)) > float(net.lpips(hr, hr))
     assert float(net.alexsim(blur, hr)) < float(net.alexsim(hr, hr))
 
+
+
+def test_heads_come_from_the_manifest_asset_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server,
+                                                     online: None) -> None:
+    """Nothing local: the manifest's ``lpips-alex`` asset is downloaded into the weights cache and
+    checked by sha256; a server giving other bytes is refused."""
+    import hashlib
+    import io
+    import json
+
+    from conftest import REPO
+
+    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(TAP_CHANNELS)}
+    buf = io.BytesIO()
+    torch.save(heads, buf)
+    payload = buf.getvalue()
+    server.files["/lpips/alex.pth"] = payload
+    manifest = json.loads((REPO / "weights_manifest.json").read_text())
+    manifest["assets"]["lpips-alex"].update(sources=[{"url": f"{server.base}/lpips/alex.pth"}],
+                                            sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("UPSCALE_MANIFEST", str(tmp_path / "m.json"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(LPIPS_ENV, raising=False)
+    got = load_lpips_heads()
+    assert all(torch.equal(g, heads[f"lin{k}.model.1.weight"]) for k, g in enumerate(got))
+    cached = Path(os.environ["UPSCALE_CACHE"]) / "alex.pth"
+    assert cached.read_bytes() == payload
+    cached.unlink()
+    server.files["/lpips/alex.pth"] = payload[:-1] + b"x"  # same size, other bytes
+    with pytest.raises(WeightsError, match=r"alex\.pth"):
+        load_lpips_heads()
+    assert not cached.exists()

@@ -12,7 +12,8 @@ adaptive average pool), so torchvision's ``alexnet-owt-7be5be79.pth`` loads unch
   summed over layers.  Input is RGB in 0..1 mapped to -1..1 and shifted/scaled as LPIPS does.
 
 Weights are found as the VGG ones are (:func:`upscale_cli.train.vgg.find_file`): an explicit path,
-``$UPSCALE_ALEXNET_WEIGHTS`` / ``$UPSCALE_LPIPS_WEIGHTS``, then the torch hub cache.
+``$UPSCALE_ALEXNET_WEIGHTS`` / ``$UPSCALE_LPIPS_WEIGHTS``, the torch hub cache; then the manifest's
+``assets`` (``alexnet``, ``lpips-alex``: URL, sha256, size) are fetched into the weights cache.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ from .train.vgg import IMAGENET_MEAN, IMAGENET_STD, find_file
 from .weights import read_checkpoint, sha256_file
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LPIPS_FILE = "alex.pth"
-LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"
 ALEXNET_ENV = "UPSCALE_ALEXNET_WEIGHTS"
 LPIPS_ENV = "UPSCALE_LPIPS_WEIGHTS"
 
@@ -69,18 +68,27 @@ def _checked(path: Path) -> dict[str, Tensor]:
 
 
 def _resolve(hub_file: str, explicit: str | os.PathLike[str] | None, env: str, what: str, option: str,
-             url: str) -> dict[str, Tensor]:
+             asset: str) -> dict[str, Tensor]:
+    """The state dict of ``hub_file``: :func:`find_file`'s places, then the manifest's ``asset``
+    (downloaded into the weights cache and verified, as model weights are)."""
     path = find_file(hub_file, explicit, env, what, option)
     if path is None:
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / hub_file
-        raise WeightsError(f"{hub}: {what} weights not found (nothing is downloaded): "
-                           f"download {url} there or pass {option} PATH")
+        from .download import resolve_entry
+        from .weights import manifest_asset
+
+        entry = manifest_asset(asset)
+        if entry is None:
+            raise WeightsError(f"{what} weights not found: pass {option} PATH or set ${env}")
+        try:
+            path = resolve_entry(entry, f"{what} weights")
+        except WeightsError as err:
+            raise WeightsError(f"{err} (or pass {option} PATH)") from None
     return _checked(path)
 
 
 def load_alexnet_state(explicit: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
     """``features`` weights (keys ``"0.weight"``...) from the torchvision AlexNet file."""
-    sd = _resolve(ALEXNET_FILE, explicit, ALEXNET_ENV, "AlexNet", "--alexnet-weights", ALEXNET_URL)
+    sd = _resolve(ALEXNET_FILE, explicit, ALEXNET_ENV, "AlexNet", "--alexnet-weights", "alexnet")
     feats = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
     if len(feats) != 10:
         raise WeightsError(f"AlexNet weights hold {len(feats)} features tensors, expected 10 (wrong file?)")
@@ -89,7 +97,7 @@ def load_alexnet_state(explicit: str | os.PathLike[str] | None = None) -> dict[s
 
 def load_lpips_heads(explicit: str | os.PathLike[str] | None = None) -> list[Tensor]:
     """The five LPIPS v0.1 linear heads (``lin{k}.model.1.weight``, shape ``[1, C, 1, 1]``)."""
-    sd = _resolve(LPIPS_FILE, explicit, LPIPS_ENV, "LPIPS v0.1 alex", "--lpips-weights", LPIPS_URL)
+    sd = _resolve(LPIPS_FILE, explicit, LPIPS_ENV, "LPIPS v0.1 alex", "--lpips-weights", "lpips-alex")
     try:
         heads = [sd[f"lin{k}.model.1.weight"] for k in range(5)]
     except KeyError as err:

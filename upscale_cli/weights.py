@@ -312,6 +312,11 @@ def manifest_entry(name: str, scale: int, path: Path | None = None) -> dict[str,
     return load_manifest(path)["models"].get(name, {}).get(str(int(scale)))
 
 
+def manifest_asset(name: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The manifest's entry for asset ``name`` (a file that is no model: ``alexnet``), or ``None``."""
+    return load_manifest(path).get("assets", {}).get(name)
+
+
 def manifest_entries(name: str, path: Path | None = None) -> dict[int, dict[str, Any]]:
     """Every manifest entry of model ``name``, by scale."""
     return {int(s): e for s, e in load_manifest(path)["models"].get(name, {}).items()}
