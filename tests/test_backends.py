@@ -45,7 +45,7 @@ def test_unknown_backend_and_bad_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_auto_without_openvino_is_torch_quietly_and_explicit_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(backends.ENV_VAR)
-    monkeypatch.setattr(openvino_cpu, "available", lambda: "not installed (pip install 'upscale-cli[openvino]')")
+    monkeypatch.setattr(openvino_cpu, "available", lambda: openvino_cpu.NOT_INSTALLED)
     model = _net("fsrcnn", 2)
     backend, note = make_backend("auto", model, _fp32())
     assert backend.name == "torch" and note is None

@@ -62,10 +62,10 @@ def make_backend(choice: str, model: LoadedModel, setting: Setting) -> tuple[Bac
             raise UsageError(f"${ENV_VAR}={os.environ[ENV_VAR]!r}: use {', '.join(BACKENDS[1:])}")
     if name == "torch":
         return TorchBackend(model, setting), None
+    from .openvino_cpu import NOT_INSTALLED, OpenVINOBackend, available
+
     why = _openvino_unfit(setting)
     if why is None:
-        from .openvino_cpu import OpenVINOBackend, available
-
         why = available()
         if why is None:
             try:
@@ -74,11 +74,8 @@ def make_backend(choice: str, model: LoadedModel, setting: Setting) -> tuple[Bac
                 why = str(err)
     if explicit:
         raise UsageError(f"--backend openvino: {why}")
-    note = None if why == _NOT_INSTALLED else f"OpenVINO not used ({why}); running on PyTorch"
+    note = None if why == NOT_INSTALLED else f"OpenVINO not used ({why}); running on PyTorch"
     return TorchBackend(model, setting), note
-
-
-_NOT_INSTALLED = "not installed (pip install 'upscale-cli[openvino]')"
 
 
 def _openvino_unfit(setting: Setting) -> str | None:

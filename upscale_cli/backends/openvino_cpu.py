@@ -29,11 +29,12 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 """OpenVINO's ``INFERENCE_PRECISION_HINT`` for each engine precision."""
 
 
+NOT_INSTALLED = "not installed (pip install 'upscale-cli[openvino]')"
+
+
 def available() -> str | None:
-    """None when OpenVINO can be imported, else why not (naming the extra)."""
-    if importlib.util.find_spec("openvino") is None:
-        return "not installed (pip install 'upscale-cli[openvino]')"
-    return None
+    """None when OpenVINO can be imported, else why not (:data:`NOT_INSTALLED`)."""
+    return None if importlib.util.find_spec("openvino") is not None else NOT_INSTALLED
 
 
 def weights_key(model: LoadedModel) -> str:
