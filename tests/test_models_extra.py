@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -220,15 +219,6 @@ OVERFIT = [
     ("selnet", 2, {"units": 2, "feats": 16}, 200, 2e-3),
     ("cmsc", 2, {"stages": 2, "modules": 1, "feats": 16}, 100, 2e-3),
 ]
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Train on one core, as the project's test budget counts (and as xdist workers do)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")
