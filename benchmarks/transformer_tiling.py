@@ -11,7 +11,7 @@ Issue 18: the default overlap must keep tiled output within 45 dB PSNR of the wh
 Each Set14 image (grey ``bridge`` as three equal channels) is downscaled x4 (MATLAB bicubic),
 its central ``--lr-crop`` px (0: all of it; the published models are slow on two CPU cores)
 upscaled x4 whole and in ``--tile`` px tiles with the engine's default overlap (the radius
-clipped to 4..8 px) and at each of ``--overlaps``; PSNR of tiled against whole on 0..1.  The
+clipped to 4..16 px for these nets) and at each of ``--overlaps``; PSNR of tiled against whole on 0..1.  The
 precision part runs the central ``--crop`` px of each LR image under CPU autocast in fp16 and
 bf16 (as the engine does) against fp32.  Prints one line per configuration and image, then
 min / mean per configuration.
@@ -167,7 +167,7 @@ def main() -> None:
         plan = runs["tiled"].plan(*images[0][1].shape[-2:])
         line = (
             f"{name:14s} radius {model.radius} multiple {model.size_multiple} default overlap "
-            f"{default_overlap(model.radius)} (tile {plan.tile}, {plan.count} tiles): {stats}"
+            f"{default_overlap(model.radius, model.size_multiple)} (tile {plan.tile}, {plan.count} tiles): {stats}"
         )
         summary.append(line)
         print(line, flush=True)

@@ -236,6 +236,8 @@ def test_default_overlap_is_the_radius_clipped() -> None:
     assert default_overlap(0) == engine.DEFAULT_OVERLAP_MIN
     assert default_overlap(6) == 6
     assert default_overlap(500) == engine.DEFAULT_OVERLAP_MAX
+    assert default_overlap(500, multiple=8) == engine.WINDOW_OVERLAP_MAX  # window transformers
+    assert default_overlap(6, multiple=8) == 6
     assert Upscaler(tiny("rgb", 2, depth=6), device="cpu").overlap == 6
     assert Upscaler(tiny("y", 2, depth=1), device="cpu").radius == 2  # the chroma bicubic's reach
 

@@ -123,9 +123,18 @@ _COST_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, bool], fl
 # --- the engine -------------------------------------------------------------------------------
 
 
-def default_overlap(radius: int) -> int:
-    """The model's receptive-field radius clipped to ``[DEFAULT_OVERLAP_MIN, DEFAULT_OVERLAP_MAX]``."""
-    return min(max(radius, DEFAULT_OVERLAP_MIN), DEFAULT_OVERLAP_MAX)
+WINDOW_OVERLAP_MAX = 16
+"""The cap for nets with a size multiple above 1 (the window transformers: SwinIR, HAT, DAT),
+whose attention reaches further.  SwinIR-lightweight x4 with unit-variance random weights, 48 px
+tiles of 64 px Set14 crops, worst image against its whole-image output: 8 px 39.98 dB, 16 px
+59.83 dB; HAT-S 53.39 and 57.82 dB (``benchmarks/transformer_tiling.py``; the target is 45)."""
+
+
+def default_overlap(radius: int, multiple: int = 1) -> int:
+    """The model's receptive-field radius clipped to ``[DEFAULT_OVERLAP_MIN, DEFAULT_OVERLAP_MAX]``,
+    or to :data:`WINDOW_OVERLAP_MAX` for a size ``multiple`` above 1."""
+    cap = DEFAULT_OVERLAP_MAX if multiple == 1 else WINDOW_OVERLAP_MAX
+    return min(max(radius, DEFAULT_OVERLAP_MIN), cap)
 
 
 class Upscaler:
@@ -167,7 +176,8 @@ class Upscaler:
         chosen = resolve_precision(opts.precision, self.device, model)
         self.precision, self.channels_last, self.precision_note = chosen.name, chosen.channels_last, chosen.note
         self.radius = max(model.radius, 2) if model.convention == "y" else model.radius
-        self.overlap = default_overlap(self.radius) if opts.tile_overlap is None else opts.tile_overlap
+        self.overlap = (default_overlap(self.radius, model.size_multiple) if opts.tile_overlap is None
+                        else opts.tile_overlap)
         self.batch_size = opts.batch_size
         self.tile, self.tile_note = self._tile_in_use(opts.tile, explicit_overlap=opts.tile_overlap is not None)
         model.module.eval()
