@@ -188,11 +188,8 @@ def test_an_interrupt_finishes_the_encode_under_way_and_drops_the_rest() -> None
     assert threading.active_count() == 1 or all(t.name != "pipeline-io" for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_warnings_of_a_stage_go_to_its_job(overlap: bool) -> None:
-    def decode(job: int) -> int:
-        warnings.warn(f"read {job}", UserWarning)
-        return job
+def _run_warning_encodes(decode, compute, overlap: bool) -> list[Outcome]:
+    """Four jobs whose encode warns ``wrote J``, all warnings shown; the settled outcomes."""
 
     def encode(job: int, c: int) -> int:
         warnings.warn(f"wrote {job}", UserWarning)
@@ -201,7 +198,17 @@ def test_warnings_of_a_stage_go_to_its_job(overlap: bool) -> None:
     settled: list[Outcome] = []
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        Pipeline(decode, lambda j, d: d, encode, lambda o: settled.append(o) or True).run(range(4), overlap=overlap)
+        Pipeline(decode, compute, encode, lambda o: settled.append(o) or True).run(range(4), overlap=overlap)
+    return settled
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_warnings_of_a_stage_go_to_its_job(overlap: bool) -> None:
+    def decode(job: int) -> int:
+        warnings.warn(f"read {job}", UserWarning)
+        return job
+
+    settled = _run_warning_encodes(decode, lambda j, d: d, overlap)
     assert [[str(w.message) for w in o.warnings] for o in settled] == [[f"read {j}", f"wrote {j}"] for j in range(4)]
 
 
@@ -230,14 +237,7 @@ def test_filters_left_changed_by_interleaved_catch_warnings_are_restored() -> No
                 assert decode_exited.wait(10)
         return d
 
-    def encode(job: int, c: int) -> int:
-        warnings.warn(f"wrote {job}", UserWarning)
-        return c
-
-    settled: list[Outcome] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        Pipeline(decode, compute, encode, lambda o: settled.append(o) or True).run(range(4), overlap=True)
+    settled = _run_warning_encodes(decode, compute, overlap=True)
     assert [len(o.warnings) for o in settled] == [1, 1, 1, 1]
 
 
