@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from upscale_cli.commands import models as models_cmd
+from upscale_cli.models import list_archs
 from upscale_cli.download import cache_dir
 from upscale_cli.errors import EXIT_USAGE, EXIT_WEIGHTS, UsageError, WeightsError
 from upscale_cli.loader import load_model, scale_from_name
@@ -198,7 +199,7 @@ def test_models_json_and_table(cli: typer.Typer, checkpoints: Path) -> None:
     cache_fixture(checkpoints, "fsrcnn_x2.pth")
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    rows = {r["name"]: r for r in json.loads(result.stdout) if r["weights"] != "your own"}
     for row in rows.values():
         assert {"name", "aliases", "arch", "scales", "params", "license", "cached", "trainable_only"} <= row.keys()
     assert rows["carn-m"]["params"] == 414_811 and rows["carn-m"]["license"] == "MIT"
@@ -208,9 +209,18 @@ def test_models_json_and_table(cli: typer.Typer, checkpoints: Path) -> None:
     assert rows["rcan"]["trainable_only"] is True and rows["rcan"]["weights"] == "trainable only"
     assert "animevideov3" in rows["realesr-animevideov3"]["aliases"]
     assert (cache_dir() / "params.json").is_file()  # counts remembered: the table below builds nothing
-    table = CliRunner().invoke(cli, ["models"], env={"COLUMNS": "200"})
+    archs = {r["name"]: r for r in json.loads(result.stdout) if r["weights"] == "your own"}
+    assert set(archs) == {a.name for a in list_archs() if a.matches}  # every family with weights to read
+    assert archs["srvgg"]["variants"]["compact-relu"] == {"act": "relu"} and "compact" in archs["srvgg"]["aliases"]
+    assert "swinir" in archs and "resample" not in archs  # the resamplers have no weights
+    table = CliRunner().invoke(cli, ["models"], env={"COLUMNS": "80"})
     assert table.exit_code == 0, table.output
-    for text in ("edsr-baseline", "carn-m", "415K", "MIT", "37.53 33.99 31.92", "train", "x2 "):
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    lines = table.stdout.splitlines()
+    carn = next(i for i, line in enumerate(lines) if line.split()[:2] == ["carn-m", "carn"])
+    assert lines[carn].split()[2:] == ["x2", "415K", "MIT", "no", "37.53"]  # one line per scale
+    assert [line.split() for line in lines[carn + 1 : carn + 3]] == [["x3", "33.99"], ["x4", "31.92"]]
+    for text in ("edsr-baseline", "train", "Architectures for your own weights", "compact-relu"):
         assert text in table.stdout
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -135,33 +136,70 @@ def _human(n: int) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="upscale-cli models", title_justify="left")
+    """The zoo, one line per scale so that it stays readable at 80 columns."""
+    table = Table(title="upscale-cli models", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for col, justify in (
-        ("Name (aliases)", "left"),
+        ("Name", "left"),
         ("Arch", "left"),
-        ("Scales", "left"),
+        ("Scale", "left"),
         ("Params", "right"),
         ("Licence", "left"),
         ("Cached", "left"),
-        ("Set5 PSNR (paper)", "left"),
+        ("Set5", "right"),
     ):
-        table.add_column(col, justify=justify, no_wrap=col.startswith("Name"))  # type: ignore[arg-type]
+        licence = col == "Licence"  # wraps at spaces; 12 columns hold BSD-3-Clause whole
+        table.add_column(col, justify=justify, no_wrap=not licence, min_width=12 if licence else None)  # type: ignore[arg-type]
     for r in rows:
         if r["weights"] == "published":
             cached = "yes" if r["cached"] else " ".join(f"x{s}" for s in r["cached_scales"]) or "no"
         else:
             cached = {"none needed": "-", "trainable only": "train"}.get(r["weights"], "no")
-        psnr = " ".join(f"{v:.2f}" for v in r["paper_set5_psnr"].values()) or "-"
-        aliases = f" [dim]({escape(', '.join(r['aliases']))})[/]" if r["aliases"] else ""
+        set5 = r["paper_set5_psnr"]
+        psnr = "\n".join(f"{set5[str(s)]:.2f}" if str(s) in set5 else "-" for s in r["scales"])
+        aliases = f"\n[dim]({escape(', '.join(r['aliases']))})[/]" if r["aliases"] else ""
         table.add_row(
             escape(r["name"]) + aliases,
             r["arch"],
-            " ".join(f"x{s}" for s in r["scales"]),
+            "\n".join(f"x{s}" for s in r["scales"]),
             _human(r["params"]),
             r["license"] or "-",
             cached,
             psnr,
         )
+    return table
+
+
+def arch_rows() -> list[dict[str, Any]]:
+    """One record per family that takes weights of your own (``--weights FILE``): every one is
+    recognised from its keys alone; ``aliases`` and ``variants`` (kwargs presets for what the keys
+    cannot tell, such as an activation) are the other names ``--arch`` takes for it."""
+    from ..models import list_archs
+
+    return [
+        {
+            "name": arch.name,
+            "weights": "your own",
+            "aliases": list(arch.aliases),
+            "variants": {name: dict(preset) for name, preset in arch.variants.items()},
+            "convention": arch.convention,
+            "paper": arch.paper,
+        }
+        for arch in sorted(list_archs(), key=lambda a: a.name)
+        if arch.matches is not None
+    ]
+
+
+def _arch_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="Architectures for your own weights (upscale IMG --weights FILE)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+    )
+    for col in ("Arch", "Also --arch", "Paper"):
+        table.add_column(col, no_wrap=col == "Arch", ratio=2 if col == "Paper" else 1)
+    for r in rows:
+        table.add_row(r["name"], escape(", ".join([*r["aliases"], *r["variants"]]) or "-"), escape(r["paper"]))
     return table
 
 
@@ -186,17 +224,23 @@ def _fail(err: UpscaleError) -> typer.Exit:
 
 def models(json_out: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
     """List the model zoo: architecture, scales, parameters, licence, cache state, paper PSNR;
-    then the files ``--weights URL`` cached, each marked verified (a sha256) or unverified."""
+    then the architectures that take weights of your own (``--weights FILE``), and the files
+    ``--weights URL`` cached, each marked verified (a sha256) or unverified."""
     try:
         rows, downloads = model_rows(), download_rows()
     except UpscaleError as err:
         raise _fail(err) from None
+    archs = arch_rows()
     if json_out:
-        typer.echo(json.dumps(rows + downloads, indent=2))
+        typer.echo(json.dumps(rows + archs + downloads, indent=2))
         return
     Console().print(_table(rows))
     Console().print("[dim]Cached: weights on disk (yes / no / the cached scales); '-': none needed; "
-                    "'train': no public weights, use --weights or `upscale train`.[/]")
+                    "'train': no public weights, use --weights or `upscale train`. "
+                    "Set5: the paper's PSNR (dB).[/]")
+    Console().print(_arch_table(archs))
+    Console().print("[dim]Each is found from the file's tensors alone, with its hyperparameters; "
+                    "--arch NAME[:key=value,...] chooses where the keys cannot tell (the variants).[/]")
     if downloads:
         Console().print(_downloads_table(downloads))
 
