@@ -364,3 +364,18 @@ def test_lapsrn_trains_deeply_supervised_and_its_export_reloads(tmp_path: Path, 
     x = torch.rand(1, 3, 10, 9)
     with torch.no_grad():
         assert torch.equal(reloaded(x), ref(x))
+
+
+@pytest.mark.parametrize(
+    ("model", "act", "kwargs"),
+    [("compact-relu", "relu", {}), ("compact:act=lrelu,num_feat=8,num_conv=2", "lrelu", {"num_feat": 8, "num_conv": 2})],
+)
+def test_train_a_variant_or_kwargs_named_with_model(
+    tmp_path: Path, images: list[str], model: str, act: str, kwargs: dict[str, int]
+) -> None:
+    """--model takes what --arch takes: a variant the keys cannot tell, or NAME:key=value; the
+    export records them, so the file loads back alone."""
+    result = _train(tmp_path / "run", images, model=model)
+    loaded = load_model(weights=str(result.out_dir / result.export["file"]))
+    assert (loaded.arch.name, loaded.scale, loaded.kwargs["act"]) == ("srvgg", 2, act)
+    assert {k: loaded.kwargs[k] for k in kwargs} == kwargs

@@ -195,7 +195,7 @@ def variant_of(arch: Arch, kwargs: Mapping[str, Any]) -> str | None:
     return next((v for v, p in arch.variants.items() if all(kwargs.get(k) == x for k, x in p.items())), None)
 
 
-def split_overrides(text: str) -> tuple[str, dict[str, Any]]:
+def split_overrides(text: str, flag: str = "--arch") -> tuple[str, dict[str, Any]]:
     """``NAME:key=value,key=value`` -> ``(NAME, {key: value})``; a plain ``NAME`` has none.
 
     The syntax of ``--arch`` (any family, alias, variant or model name): after the colon,
@@ -206,7 +206,7 @@ def split_overrides(text: str) -> tuple[str, dict[str, Any]]:
     name, colon, rest = text.partition(":")
     if not colon:
         return name.strip(), {}
-    bad = UsageError(f"--arch {text!r}: expected NAME:key=value,key=value (values are Python literals or words)")
+    bad = UsageError(f"{flag} {text!r}: expected NAME:key=value,key=value (values are Python literals or words)")
     try:
         call = ast.parse(f"f({rest})", mode="eval").body
     except SyntaxError:

@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from ..devices import resolve_device
 from ..errors import UpscaleError, UsageError
 from ..loader import load_model
-from ..models import Arch, LoadedModel, create_model, get_arch, get_spec
+from ..models import Arch, LoadedModel, create_model, get_arch, get_spec, resolve_arch, split_overrides
 from ..models.vdsr import adjustable_gradient_clip_
 from ..weights import load_strict
 from . import ddp
@@ -124,32 +124,40 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The network a config names: registry name, family, build kwargs, trained scales."""
+    """The network a config names: its name, family, build kwargs, trained scales, and the
+    registry name it is built from (``--model`` without its ``:key=value`` kwargs)."""
 
     name: str
     arch: Arch
     kwargs: dict[str, Any]
     scales: tuple[int, ...]
+    registry_name: str
 
 
 def choose_model(cfg: TrainConfig) -> ModelChoice:
-    """Resolve ``--model`` (a named model or a family) and ``--scale`` for training.
+    """Resolve ``--model`` and ``--scale`` for training.
+
+    ``--model`` is a named model, a family, an alias or a variant (``compact-relu``), with
+    ``:key=value,...`` kwargs as ``--arch`` takes them (:func:`~upscale_cli.models.split_overrides`);
+    the TOML ``model_kwargs`` table applies last.
 
     Raises:
         UsageError: unknown model, missing or unsupported scale(s), several scales for a
             single-scale network.
     """
+    text, overrides = split_overrides(cfg.model, "--model")
     try:
-        spec = get_spec(cfg.model)
+        spec = get_spec(text)
     except UsageError as err:
         try:
-            arch = get_arch(cfg.model)
+            arch, preset = resolve_arch(text)
         except UsageError:
             raise err from None
-        name, kwargs, known = arch.name, {**arch.default_kwargs, **cfg.model_kwargs}, None
+        name = text.strip().lower() if preset else arch.name
+        kwargs, known = {**arch.default_kwargs, **preset, **overrides, **cfg.model_kwargs}, None
     else:
         arch = get_arch(spec.arch)
-        name, kwargs, known = spec.name, {**spec.kwargs, **cfg.model_kwargs}, spec.scales
+        name, kwargs, known = spec.name, {**spec.kwargs, **overrides, **cfg.model_kwargs}, spec.scales
     scales = cfg.scale
     if not scales:
         if known and (arch.multiscale or len(known) == 1):
@@ -159,7 +167,7 @@ def choose_model(cfg: TrainConfig) -> ModelChoice:
             raise UsageError(f"--scale is required{hint}")
     if len(scales) > 1 and not arch.multiscale:
         raise UsageError(f"--scale {','.join(map(str, scales))}: {name} is a single-scale network; give one scale")
-    return ModelChoice(cfg.name or name, arch, kwargs, tuple(scales))
+    return ModelChoice(cfg.name or name, arch, kwargs, tuple(scales), text)
 
 
 def default_workers() -> int:
@@ -231,7 +239,7 @@ class Trainer:
             self.store, self.choice.scales, cfg.patch_size, cfg.batch_size, self.seed, cfg.degradation
         )
 
-        self.net = create_model(cfg.model, self.choice.scales[0], **cfg.model_kwargs)
+        self.net = create_model(self.choice.registry_name, self.choice.scales[0], **self.choice.kwargs)
         if not any(p.requires_grad for p in self.net.parameters()):
             raise UsageError(f"{self.choice.name} has no trainable parameters")
         if cfg.init and saved is None:
