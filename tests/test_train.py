@@ -98,7 +98,7 @@ def test_toml_config_is_read_and_flags_given_override_it(tmp_path: Path, monkeyp
     assert (cfg.model, cfg.scale, cfg.data) == ("carn-m", (2, 3), ("a", "b"))
     assert (cfg.patch_size, cfg.steps) == (24, 50)  # from the file
     assert (cfg.lr, cfg.batch_size) == (0.5, 8)  # flags win over the file
-    assert cfg.ema == 0.999 and cfg.schedule == "cosine"  # defaults where neither says
+    assert cfg.ema == 0.999 and cfg.schedule == "step"  # where neither says: the default, CARN's recipe
     assert [(t.key, t.weight) for t in cfg.loss] == [("l1", 1.0), ("perceptual:vgg16", 0.05)]
     assert cfg.degradation == Degradation(blur=0.2, jpeg_quality=(60, 90))
     assert choose_model(cfg).scales == (2, 3)

@@ -282,10 +282,11 @@ def test_adjustable_clipping_bounds_every_gradient_component_in_a_train_step(
     for biggest, used_lr in seen:
         assert used_lr == lr
         assert biggest == pytest.approx(theta / lr, rel=1e-6)  # clipped exactly at theta / lr, never above
-    # adjustable mode needs theta
+    # adjustable mode needs theta (VDSR's recipe has one: take it away)
     result = _cli(
-        _cli_args(tmp_path / "bad", images, **{"--model": "vdsr", "--scale": "2", "--grad-clip-mode": "adjustable"})
-    )
+        _cli_args(tmp_path / "bad", images,
+                  **{"--model": "vdsr", "--scale": "2", "--grad-clip-mode": "adjustable", "--grad-clip": "0"})
+    )  # fmt: skip
     assert result.exit_code == 2 and "--grad-clip" in result.output
 
 

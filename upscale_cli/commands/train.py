@@ -16,18 +16,24 @@ from rich.console import Console
 
 from ..reporting import reported
 from ..train.config import TrainConfig, build_config, format_losses
+from ..train.recipes import RECIPE_KEYS
 
 
 def _default(name: str) -> str:
     value = TrainConfig.__dataclass_fields__[name].default
     if name == "loss":
         value = format_losses(value)
+    if name in RECIPE_KEYS:
+        return f" (default: the family's recipe, else {value})"
     return f" (default: {value})"
 
 
 def train(
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model name or architecture family (see `upscale models`)."
+        None,
+        "--model",
+        "-m",
+        help="Model name, architecture family or variant, optionally NAME:key=value,... (see `upscale models`).",
     ),
     scale: str | None = typer.Option(
         None, "--scale", "-s", help="Scale, or scales for a multi-scale net (2,3,4) (default: the model's own)."
@@ -127,7 +133,10 @@ def train(
         None, "--config", help="TOML file with the same keys; flags given here override it."
     ),
 ) -> None:
-    """Train a zoo network (same code as inference) and export OUT/model.safetensors + model.json."""
+    """Train a zoo network (same code as inference) and export OUT/model.safetensors + model.json.
+
+    Each family trains by its paper's recipe (upscale_cli/train/recipes/) unless --config or a flag says otherwise; the run's header prints the recipe and where each value came from.
+    """
     flags: dict[str, Any] = {
         "model": model,
         "scale": scale,

@@ -131,6 +131,7 @@ YCBCR_ARCH = register_arch(
         radius=_radius,
         paper="Shi et al., ESPCN, CVPR 2016 (Nhat-Thanh/ESPCN-Pytorch, on YCbCr)",
         fp16=True,
+        recipe="espcn",
         matches=_matcher(3),
         infer_kwargs=_inferrer(3),
         convert_keys=convert_keys,

@@ -184,6 +184,7 @@ def _register(name: str, channels: int, convention: Convention, paper: str, desc
             infer_kwargs=_infer,
             default_kwargs=_SMALL,
             test_configs=(({"feats": 8, "n_conv": 2}, 2),),
+            recipe="msvgg",
         )
     )
     register_model(ModelSpec(name=name, arch=name, kwargs=_SMALL, scales=SCALES, description=description, trainable_only=True))

@@ -316,6 +316,7 @@ REALPLKSR_ARCH = register_arch(
             ({"dim": 8, "n_blocks": 2, "kernel_size": 3, "layer_norm": True}, 2),
         ),  # no DySample config: its reach is data-dependent, no radius is exact (DYSAMPLE_REACH)
         global_context=True,  # GroupNorm normalises over the whole map (the layer_norm form is local)
+        recipe="plksr",  # no paper of its own: PLKSR's fidelity recipe (the community adds GAN stages)
     )
 )
 

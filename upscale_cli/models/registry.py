@@ -87,6 +87,8 @@ class Arch:
         variants: named kwargs presets that ``--arch`` accepts like family names, for kwargs
             the keys cannot tell (``{"compact-relu": {"act": "relu"}}``); detection tries each
             and names the ones whose network has exactly the file's keys and shapes.
+        recipe: the training recipe (:mod:`upscale_cli.train.recipes`) of the family when it
+            is another family's (``espcn`` for ``espcn-ycbcr``); by default the family's own.
     """
 
     name: str
@@ -106,6 +108,7 @@ class Arch:
     global_context: bool = False
     aliases: tuple[str, ...] = ()
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    recipe: str | None = None
 
 
 @dataclass(frozen=True)

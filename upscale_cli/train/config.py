@@ -151,6 +151,10 @@ class TrainConfig:
     cache_dir: str | None = None
     channels_last: str | bool = "auto"
     log_every: int = 100
+    # where the values came from (set by build_config): the family's recipe, and for each option
+    # "paper" / "ours" (the recipe), "config FILE", "flag"; options absent kept the defaults
+    recipe: str | None = None
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
@@ -165,16 +169,19 @@ class TrainConfig:
         return any(t.name == "adversarial" for t in self.loss)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/TOML-compatible values (for checkpoints and ``model.json``)."""
+        """The options as plain JSON/TOML-compatible values (for checkpoints and ``model.json``),
+        which :func:`build_config` takes back."""
         out = dataclasses.asdict(self)
         out["loss"] = format_losses(self.loss)
         out["scale"] = list(self.scale)
         out["data"] = list(self.data)
         out["model_kwargs"] = dict(self.model_kwargs)
+        del out["recipe"], out["origins"]  # how the options were found (model.json), not options
         return out
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe", "origins"}
+"""The options, in a TOML file or as flags."""
 
 
 def parse_losses(spec: str | Mapping[str, Any]) -> tuple[LossTerm, ...]:
@@ -322,23 +329,39 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def build_config(flags: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """Merge defaults, the TOML file and the flags given (``None`` values are ignored).
+    """Merge the defaults, the model family's recipe (:mod:`.recipes`), the TOML file and the
+    flags given (``None`` values are ignored), recording where each option came from.
 
     Raises:
         UsageError: unknown keys, bad values, or a required option (``model``, ``data``) missing.
     """
-    merged: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        for key, value in read_toml(config_file).items():
-            merged[key] = _coerce(key, value, str(config_file))
-    for key, value in flags.items():
+        layers.append((f"config {config_file}", read_toml(config_file)))
+    for key in flags:
         if key not in FIELDS:
             raise UsageError(f"unknown training option {key!r}")
-        if value is not None:
-            merged[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    for required in ("model", "data"):
-        if not merged.get(required):
+    layers.append(("flag", {k: v for k, v in flags.items() if v is not None}))
+    model = next((values["model"] for _, values in reversed(layers) if values.get("model")), None)
+    for required, value in (("model", model), ("data", next((v["data"] for _, v in layers if v.get("data")), None))):
+        if not value:
             raise UsageError(f"--{required} is required (on the command line or in --config)")
+    from .recipes import recipe_for
+
+    recipe = recipe_for(str(model))
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if recipe is not None:
+        for key, value in recipe.values.items():
+            merged[key], origins[key] = _coerce(key, value, f"recipe {recipe.name}"), recipe.origin(key)
+    for origin, values in layers:
+        for key, value in values.items():
+            where = f"--{key.replace('_', '-')}" if origin == "flag" else origin.removeprefix("config ")
+            merged[key] = _coerce(key, value, where)
+            origins[key] = origin
+    if recipe is not None:
+        merged["recipe"] = recipe.name
+    merged["origins"] = origins
     try:
         cfg = TrainConfig(**merged)
     except TypeError as err:

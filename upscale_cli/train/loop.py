@@ -88,6 +88,7 @@ from .export import export_model
 from .losses import Objective
 from .optim import make_optimizer, make_scheduler
 from .precision import Precision, resolve
+from .recipes import RECIPE_KEYS, load_recipe
 from .report import LOG_NAME, Reporter, require_tensorboard, truncate_log
 from .supervision import TrainingOutputs, supervised_terms, use_deep_supervision
 from .validate import ValidationSet, load_validation_set, validate
@@ -207,6 +208,15 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _show(key: str, value: Any) -> str:
+    """An option's value as the header prints it."""
+    if key == "loss":
+        return format_losses(value)
+    if value is None:
+        return "auto"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class Trainer:
@@ -368,6 +378,18 @@ class Trainer:
             f"loss {format_losses(cfg.loss)}{' with deep supervision' if self.deep else ''}, "
             f"seed {self.seed}, {self.ctx.world} process(es)"
         )
+        recipe = load_recipe(cfg.recipe) if cfg.recipe else None
+        self.reporter.note(f"recipe: {f'{recipe.name} ({recipe.source})' if recipe else 'none (built-in defaults)'}")
+        self.reporter.note("  " + ", ".join(f"{k.replace('_', '-')} {v} ({o})" for k, v, o in self._options()))
+        for key, why in recipe.paper.items() if recipe else ():
+            if cfg.origins.get(key) == "ours":
+                self.reporter.note(f"  ours, not the paper's: {key.replace('_', '-')}: {why}")
+
+    def _options(self) -> Iterator[tuple[str, str, str]]:
+        """Each training option, its value and where it came from (paper, ours, config, flag, default)."""
+        for key in RECIPE_KEYS:
+            value = getattr(self.cfg, key)
+            yield key, _show(key, value), self.cfg.origins.get(key, "default")
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -481,6 +503,11 @@ class Trainer:
             "lr": cfg.lr,
             "optimizer": cfg.optimizer,
             "schedule": cfg.schedule,
+            "warmup": cfg.warmup,
+            "grad_clip": cfg.grad_clip,
+            "grad_clip_mode": cfg.grad_clip_mode,
+            "recipe": cfg.recipe,
+            "origins": dict(cfg.origins),
             "seed": self.seed,
             "weights": "ema" if self.ema is not None else "model",
             "ema": cfg.ema or None,
