@@ -22,43 +22,40 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SET14, need_shared
-from PIL import Image
 from test_transformers import (
+    _dat_branches,
     MEAN,
     Layout,
     _conv,
     _conv_layout,
     _dat_mask,
     _dat_shifted,
-    _dat_window_attn,
-    _double,
     _lin,
     _linear,
     _ln,
     _mlp,
     _norm,
-    _psnr,
     _partition,
     _published_dat_buffers,
     _published_index,
     _published_mask,
-    _randomise,
     _resi,
     _resi_layout,
     _reverse,
     _shifted_msa,
     _tail,
     _tail_layout,
+    assert_detection_round_trip,
+    assert_forward_equals,
+    assert_published_layout,
+    assert_weights_file_alone,
 )
+from test_transformers import published as published_in
 from torch import Tensor
 from train_helpers import run_train
 
-from upscale_cli.cli import main
-from upscale_cli.engine import Upscaler, default_overlap
-from upscale_cli.io import read_image
 from upscale_cli.loader import load_model
-from upscale_cli.models import LoadedModel, detect_arch, get_arch
-from upscale_cli.weights import convert_for, load_strict
+from upscale_cli.models import get_arch
 
 # --- DRCT (DRCT_arch.py) -------------------------------------------------------------------------
 
@@ -186,34 +183,11 @@ def _dw(x: Tensor, sd: dict[str, Tensor], p: str) -> Tensor:
 def _lsa(
     x: Tensor, sd: dict[str, Tensor], p: str, hw: tuple[int, int], c: dict[str, Any], heads: int, shifted: bool
 ) -> Tensor:
-    """L_SA.forward, as published (zero padding to the split size, the rolls, ``get_v``)."""
-    h, w = hw
+    """L_SA.forward, as published (DAT's window branches, then ``get_v``)."""
     b, n, ch = x.shape
-    split = tuple(c["split_size"])
-    shift = (split[0] // 2, split[1] // 2)
-    qkv = _lin(x, sd, f"{p}qkv").reshape(b, -1, 3, ch).permute(2, 0, 1, 3)
-    v = qkv[2].transpose(-2, -1).contiguous().view(b, ch, h, w)
-    m = max(split)
-    pad_r, pad_b = (m - w % m) % m, (m - h % m) % m
-    qkv = qkv.reshape(3 * b, h, w, ch).permute(0, 3, 1, 2)
-    qkv = F.pad(qkv, (0, pad_r, 0, pad_b)).reshape(3, b, ch, -1).transpose(-2, -1)
-    hh, ww = h + pad_b, w + pad_r
-    half = ch // 2
-    if shifted:
-        qkv = qkv.view(3, b, hh, ww, ch)
-        q0 = torch.roll(qkv[..., :half], shifts=(-shift[0], -shift[1]), dims=(2, 3)).view(3, b, hh * ww, half)
-        q1 = torch.roll(qkv[..., half:], shifts=(-shift[1], -shift[0]), dims=(2, 3)).view(3, b, hh * ww, half)
-        m0, m1 = _dat_mask(hh, ww, split, shift)
-        x1 = _dat_window_attn(q0, sd, f"{p}attns.0", (hh, ww), split[0], split[1], heads // 2, m0)
-        x2 = _dat_window_attn(q1, sd, f"{p}attns.1", (hh, ww), split[1], split[0], heads // 2, m1)
-        x1 = torch.roll(x1, shifts=shift, dims=(1, 2))[:, :h, :w, :].reshape(b, n, half)
-        x2 = torch.roll(x2, shifts=shift[::-1], dims=(1, 2))[:, :h, :w, :].reshape(b, n, half)
-    else:
-        x1 = _dat_window_attn(qkv[..., :half], sd, f"{p}attns.0", (hh, ww), split[0], split[1], heads // 2, None)
-        x2 = _dat_window_attn(qkv[..., half:], sd, f"{p}attns.1", (hh, ww), split[1], split[0], heads // 2, None)
-        x1, x2 = x1[:, :h, :w, :].reshape(b, n, half), x2[:, :h, :w, :].reshape(b, n, half)
+    att, v = _dat_branches(x, sd, p, hw, c, heads, shifted)
     lcm = _dw(v, sd, f"{p}get_v").permute(0, 2, 3, 1).contiguous().view(b, n, ch)
-    return _lin(torch.cat([x1, x2], dim=2) + lcm, sd, f"{p}proj")
+    return _lin(att + lcm, sd, f"{p}proj")
 
 
 def _published_time(h: int, w: int, training: bool) -> int:
@@ -453,59 +427,27 @@ RGT-S shaped with another ``c_ratio`` and split, ``3conv`` with four heads."""
 
 def published(name: str, seed: int = 0, std: float = 0.3) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
     """A random state dict of variant ``name`` in the published layout, with its buffers."""
-    family, cfg = VARIANTS[name]
-    keys, buffers = PUBLISHED[family][0](cfg)
-    return family, cfg, _randomise(keys, seed, buffers, std)
-
-
-def _kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k != "scale"}
-
-
-def _load(family: str, sd: dict[str, Tensor], scale: int) -> LoadedModel:
-    arch, kwargs, found = detect_arch(sd)
-    assert arch.name == family and found == scale
-    module = arch.build(scale=scale, **kwargs).eval()
-    load_strict(module, convert_for(arch, sd), "published")
-    return LoadedModel(family, arch, module, scale, kwargs)
+    return published_in(name, seed, std, VARIANTS, PUBLISHED)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_published_layout_loads_strictly_without_the_buffers(name: str) -> None:
     family, cfg, sd = published(name)
-    arch = get_arch(family)
-    module = arch.build(scale=cfg["scale"], **_kwargs(cfg))
-    keys, buffers = PUBLISHED[family][0](cfg)
-    # our state dict is the published one less the buffers we recompute (RGT keeps rpe_biases)
-    kept = {k: tuple(v.shape) for k, v in buffers.items() if k.endswith("rpe_biases")}
-    assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == {**keys, **kept}
-    assert set(convert_for(arch, sd)) == {*keys, *kept}
+    assert_published_layout(family, cfg, sd, PUBLISHED[family][0](cfg))
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_forward_equals_the_published_definition(name: str) -> None:
     family, cfg, sd = published(name)
-    model = _load(family, sd, cfg["scale"])
     # RGT's net does not pad, ATD's pads symmetrically: multiples of 16 and of the window
     size = {"rgt": (16, 32), "atd": (12, 16)}.get(family, (10, 13))
-    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    with torch.no_grad():  # in fp64: random weights make large outputs, beyond fp32's 1e-5
-        ref = PUBLISHED[family][1](_double(sd), cfg, x)
-        ours = model.module.double()(x)
-    assert ours.shape == (1, 3, size[0] * cfg["scale"], size[1] * cfg["scale"])
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert_forward_equals(family, cfg, sd, PUBLISHED[family][1], size)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_detection_and_kwargs_round_trip(name: str) -> None:
     family, cfg, sd = published(name)
-    arch, kwargs, scale = detect_arch(sd)
-    assert (arch.name, scale) == (family, cfg["scale"])
-    assert {k: kwargs[k] for k in _kwargs(cfg)} == _kwargs(cfg)
-    # and a file of our own export layout (no buffers) reads back the same
-    module = arch.build(scale=scale, **kwargs)
-    again, kwargs2, scale2 = detect_arch(module.state_dict())
-    assert (again.name, kwargs2, scale2) == (family, kwargs, scale)
+    assert_detection_round_trip(family, cfg, sd)
 
 
 def test_published_configurations_build_with_the_published_head_counts() -> None:
@@ -608,43 +550,14 @@ def test_atd_published_configurations() -> None:
 # --- tiling, the file alone, training -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["drct", "rgt", "atd"])
-def test_default_overlap_keeps_tiles_within_45db_of_the_whole_image(family: str, set14: Path) -> None:
-    """A tiny network of the family with random weights in the published initialisation, a 64 px
-    crop of Set14 ``baboon`` in tiles, the engine's default overlap (the radius, at most 16 px)."""
-    arch = get_arch(family)
-    kwargs, scale = {**arch.default_kwargs, **arch.test_configs[0][0]}, 2
-    torch.manual_seed(0)
-    model = LoadedModel(family, arch, arch.build(scale=scale, **kwargs).eval(), scale, kwargs)
-    image = read_image(set14 / "baboon.png").color[:, :64, :64]
-    whole = Upscaler(model, device="cpu", precision="fp32", tile=0)
-    overlap = default_overlap(model.radius, model.size_multiple)
-    tiled = Upscaler(model, device="cpu", precision="fp32", tile=2 * overlap + 16)
-    assert tiled.overlap == overlap == min(model.radius, 16) and tiled.plan(64, 64).count > 1
-    assert _psnr(tiled.upscale(image), whole.upscale(image)) >= 45.0
+# (the default overlap's tiles: test_transformers.py, parametrised over these families too)
 
 
 @pytest.mark.parametrize("name", ["drct-x2", "rgt-s-x3", "atd-light-x4"])
 def test_upscale_with_the_weights_file_alone(name: str, tmp_path: Path) -> None:
     family, cfg, sd = published(name)
-    weights = tmp_path / f"{family}_community.pth"
-    torch.save({"params_ema": sd, "params": {k: v * 0 for k, v in sd.items()}}, weights)  # BasicSR: EMA first
-    src = tmp_path / "in.png"
-    Image.fromarray((torch.rand(20, 17, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy()).save(src)
-    out = tmp_path / "out.png"
-    with pytest.raises(SystemExit) as exc:
-        main([str(src), "--weights", str(weights), "-o", str(out), "--device", "cpu"])
-    assert exc.value.code in (0, None)
-    s = cfg["scale"]
-    assert Image.open(out).size == (17 * s, 20 * s)
-    loaded = load_model(weights=str(weights))
-    assert (loaded.arch.name, loaded.scale) == (family, s)
-    x = read_image(src).color[None].double()
-    loaded.module.double()
     pads = {"rgt": (0, 15, 0, 12), "atd": (0, 3, 0, 0)}  # RGT, ATD: the published net on our padding
-    with torch.no_grad():
-        expect = PUBLISHED[family][1](_double(sd), cfg, F.pad(x, pads[family], "reflect") if family in pads else x)
-        torch.testing.assert_close(loaded(x), expect[..., : 20 * s, : 17 * s], atol=1e-5, rtol=0)
+    assert_weights_file_alone(family, cfg, sd, PUBLISHED[family][1], pads.get(family), tmp_path)
 
 
 TRAIN_KWARGS: dict[str, tuple[dict[str, Any], str, Any]] = {

@@ -21,6 +21,15 @@ import torch.nn.functional as F
 from conftest import SET14, need_shared
 from PIL import Image
 from torch import Tensor
+from test_transformers import (
+    _double,
+    _kwargs,
+    _load,
+    _psnr,
+    assert_detection_round_trip,
+    assert_forward_equals,
+    assert_published_layout,
+)
 from train_helpers import run_train
 
 from upscale_cli.cli import main
@@ -28,7 +37,7 @@ from upscale_cli.engine import Upscaler, default_overlap
 from upscale_cli.io import read_image
 from upscale_cli.loader import load_model
 from upscale_cli.models import LoadedModel, detect_arch, get_arch
-from upscale_cli.weights import convert_for, load_strict
+from upscale_cli.weights import convert_for
 
 Layout = dict[str, tuple[int, ...]]
 
@@ -66,18 +75,6 @@ def _randomise(layout: Layout, seed: int, std: float = 0.3) -> dict[str, Tensor]
         if len(shp) == 1 and key.endswith("weight"):
             sd[key] += 1
     return sd
-
-
-def _double(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
-
-
-def _kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k != "scale"}
-
-
-def _psnr(a: Tensor, b: Tensor) -> float:
-    return float(10 * torch.log10(1 / (a - b).pow(2).mean()))
 
 
 # --- OmniSR (components/OmniSR.py, ops/*.py) -----------------------------------------------------
@@ -257,14 +254,6 @@ def omnisr_published(name: str, seed: int = 0, std: float = 0.3) -> tuple[dict[s
 def _omni_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k not in ("scale", "authors")}
     return out | {"signed": bool(cfg.get("authors"))}
-
-
-def _load(family: str, sd: dict[str, Tensor], scale: int) -> LoadedModel:
-    arch, kwargs, found = detect_arch(sd)
-    assert arch.name == family and found == scale
-    module = arch.build(scale=scale, **kwargs).eval()
-    load_strict(module, convert_for(arch, sd), "published")
-    return LoadedModel(family, arch, module, scale, kwargs)
 
 
 @pytest.mark.parametrize("name", sorted(OMNISR))
@@ -566,34 +555,21 @@ def srformer_published(name: str, seed: int = 0, std: float = 0.3) -> tuple[dict
 @pytest.mark.parametrize("name", sorted(SRFORMER))
 def test_srformer_published_layout_loads_strictly_without_the_buffers(name: str) -> None:
     cfg, sd = srformer_published(name)
-    arch = get_arch("srformer")
-    module = arch.build(scale=cfg["scale"], **_kwargs(cfg))
     keys, buffers = srformer_layout(cfg)
-    assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == keys
-    assert buffers and set(convert_for(arch, sd)) == set(keys)
+    assert buffers
+    assert_published_layout("srformer", cfg, sd, (keys, buffers))
 
 
 @pytest.mark.parametrize("name", sorted(SRFORMER))
 def test_srformer_forward_equals_the_published_definition(name: str) -> None:
     cfg, sd = srformer_published(name)
-    model = _load("srformer", sd, cfg["scale"])
-    x = torch.rand(1, 3, 13, 15, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    with torch.no_grad():
-        ref = srformer_reference(_double(sd), cfg, x)
-        ours = model.module.double()(x)
-    assert ours.shape == (1, 3, 13 * cfg["scale"], 15 * cfg["scale"])
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert_forward_equals("srformer", cfg, sd, srformer_reference, (13, 15))
 
 
 @pytest.mark.parametrize("name", sorted(SRFORMER))
 def test_srformer_detection_and_kwargs_round_trip(name: str) -> None:
     cfg, sd = srformer_published(name)
-    arch, kwargs, scale = detect_arch(sd)
-    assert (arch.name, scale) == ("srformer", cfg["scale"])
-    assert {k: kwargs[k] for k in _kwargs(cfg)} == _kwargs(cfg)
-    module = arch.build(scale=scale, **kwargs)
-    again, kwargs2, scale2 = detect_arch(module.state_dict())
-    assert (again.name, kwargs2, scale2) == ("srformer", kwargs, scale)
+    assert_detection_round_trip("srformer", cfg, sd)
 
 
 def test_srformer_published_radii_and_size_multiples() -> None:

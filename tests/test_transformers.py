@@ -519,10 +519,12 @@ def _spatial_map(x: Tensor, sd: dict[str, Tensor], p: str) -> Tensor:
     return _conv(y, sd, f"{p}spatial_interaction.3")
 
 
-def _dat_spatial(
+def _dat_branches(
     x: Tensor, sd: dict[str, Tensor], p: str, hw: tuple[int, int], c: dict[str, Any], heads: int, shifted: bool
-) -> Tensor:
-    """Adaptive_Spatial_Attention.forward, as published (zero padding to the split size)."""
+) -> tuple[Tensor, Tensor]:
+    """The two window branches of Adaptive_Spatial_Attention.forward (and RGT's L_SA.forward), as
+    published (zero padding to the split size, the rolls): their output ``(B, N, C)`` and the
+    values ``(B, C, H, W)``."""
     h, w = hw
     b, n, ch = x.shape
     split = tuple(c["split_size"])
@@ -551,7 +553,16 @@ def _dat_spatial(
         x1 = _dat_window_attn(qkv[..., :half], sd, f"{p}attns.0", (hh, ww), split[0], split[1], heads // 2, None)
         x2 = _dat_window_attn(qkv[..., half:], sd, f"{p}attns.1", (hh, ww), split[1], split[0], heads // 2, None)
         x1, x2 = x1[:, :h, :w, :].reshape(b, n, half), x2[:, :h, :w, :].reshape(b, n, half)
-    att = torch.cat([x1, x2], dim=2)
+    return torch.cat([x1, x2], dim=2), v
+
+
+def _dat_spatial(
+    x: Tensor, sd: dict[str, Tensor], p: str, hw: tuple[int, int], c: dict[str, Any], heads: int, shifted: bool
+) -> Tensor:
+    """Adaptive_Spatial_Attention.forward, as published: the branches, then the AIM."""
+    h, w = hw
+    b, n, ch = x.shape
+    att, v = _dat_branches(x, sd, p, hw, c, heads, shifted)
     conv_x = _dwconv(v, sd, p)
     channel_map = _channel_map(conv_x, sd, p).permute(0, 2, 3, 1).contiguous().view(b, 1, ch)
     spatial_map = _spatial_map(att.transpose(-2, -1).contiguous().view(b, ch, h, w), sd, p)
@@ -654,10 +665,17 @@ SwinIR-L's), HAT / HAT-S (thin CAB) / HAT-L (more groups) and DAT (expansion 4) 
 (another split) / DAT-2 (expansion 2) / DAT-light (one group, ``3conv``, ``pixelshuffledirect``)."""
 
 
-def published(name: str, seed: int = 0, std: float = 0.3) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
-    """A random state dict of variant ``name`` in the published layout, with its buffers."""
-    family, cfg = VARIANTS[name]
-    keys, buffers = PUBLISHED[family][0](cfg)
+def published(
+    name: str,
+    seed: int = 0,
+    std: float = 0.3,
+    variants: dict[str, tuple[str, dict[str, Any]]] = VARIANTS,
+    families: dict[str, tuple[Callable[..., tuple[Layout, dict[str, Tensor]]], Callable[..., Tensor]]] = PUBLISHED,
+) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+    """A random state dict of variant ``name`` (of ``variants``, with the layouts of ``families``)
+    in the published layout, with its buffers."""
+    family, cfg = variants[name]
+    keys, buffers = families[family][0](cfg)
     return family, cfg, _randomise(keys, seed, buffers, std)
 
 
@@ -677,42 +695,60 @@ def _load(family: str, sd: dict[str, Tensor], scale: int) -> LoadedModel:
     return LoadedModel(family, arch, module, scale, kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_published_layout_loads_strictly_without_the_buffers(name: str) -> None:
-    family, cfg, sd = published(name)
+def assert_published_layout(family: str, cfg: dict[str, Any], sd: dict[str, Tensor], layout: Layout) -> None:
+    """Our state dict is the published ``layout`` less the buffers we recompute (DAT and RGT keep
+    ``rpe_biases``), and ``sd`` converted has our keys."""
     arch = get_arch(family)
     module = arch.build(scale=cfg["scale"], **_kwargs(cfg))
-    keys, buffers = PUBLISHED[family][0](cfg)
+    keys, buffers = layout
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    # our state dict is the published one less the buffers we recompute (DAT keeps rpe_biases)
     kept = {k: tuple(v.shape) for k, v in buffers.items() if k.endswith("rpe_biases")}
     assert ours == {**keys, **kept}
     assert set(convert_for(arch, sd)) == set(ours)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_forward_equals_the_published_definition(name: str) -> None:
-    family, cfg, sd = published(name)
+def assert_forward_equals(
+    family: str, cfg: dict[str, Any], sd: dict[str, Tensor], reference: Callable[..., Tensor], size: tuple[int, int]
+) -> None:
+    """The network detected and loaded from ``sd`` equals ``reference`` (the published forward) on
+    a random ``size`` input, in fp64: random weights make outputs of 10-1000, beyond fp32's 1e-5."""
     model = _load(family, sd, cfg["scale"])
-    size = (8, 12) if family == "dat" else (10, 13)  # DAT's test code does not pad: a multiple of the split
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    with torch.no_grad():  # in fp64: random weights make outputs of 10-1000, beyond fp32's 1e-5
-        ref = PUBLISHED[family][1](_double(sd), cfg, x)
+    with torch.no_grad():
+        ref = reference(_double(sd), cfg, x)
         ours = model.module.double()(x)
     assert ours.shape == (1, 3, size[0] * cfg["scale"], size[1] * cfg["scale"])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_detection_and_kwargs_round_trip(name: str) -> None:
-    family, cfg, sd = published(name)
+def assert_detection_round_trip(family: str, cfg: dict[str, Any], sd: dict[str, Tensor]) -> None:
+    """``sd`` is detected as ``family`` with ``cfg``'s kwargs and scale, and so is a file of our own
+    export layout (no buffers) built from them."""
     arch, kwargs, scale = detect_arch(sd)
     assert (arch.name, scale) == (family, cfg["scale"])
     assert {k: kwargs[k] for k in _kwargs(cfg)} == _kwargs(cfg)
-    # and a file of our own export layout (no buffers) reads back the same
     module = arch.build(scale=scale, **kwargs)
     again, kwargs2, scale2 = detect_arch(module.state_dict())
     assert (again.name, kwargs2, scale2) == (family, kwargs, scale)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_published_layout_loads_strictly_without_the_buffers(name: str) -> None:
+    family, cfg, sd = published(name)
+    assert_published_layout(family, cfg, sd, PUBLISHED[family][0](cfg))
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_forward_equals_the_published_definition(name: str) -> None:
+    family, cfg, sd = published(name)
+    size = (8, 12) if family == "dat" else (10, 13)  # DAT's test code does not pad: a multiple of the split
+    assert_forward_equals(family, cfg, sd, PUBLISHED[family][1], size)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_detection_and_kwargs_round_trip(name: str) -> None:
+    family, cfg, sd = published(name)
+    assert_detection_round_trip(family, cfg, sd)
 
 
 def test_swinir_jpeg_grey_window7_runs_on_each_channel_at_img_range_255() -> None:
@@ -815,7 +851,7 @@ def test_tiles_with_the_radius_as_overlap_equal_the_whole_image(name: str) -> No
     assert_tiled_equals_whole(model, image, extra=2 * m)
 
 
-@pytest.mark.parametrize("family", ["swinir", "hat", "dat"])
+@pytest.mark.parametrize("family", ["swinir", "hat", "dat", "drct", "rgt", "atd"])
 def test_default_overlap_keeps_tiles_within_45db_of_the_whole_image(family: str, set14: Path) -> None:
     """A tiny network of the family with random weights in the published initialisation, a 64 px
     crop of Set14 ``baboon`` in tiles, the engine's default overlap (the radius, at most 16 px).
@@ -835,9 +871,17 @@ def test_default_overlap_keeps_tiles_within_45db_of_the_whole_image(family: str,
 # --- the file alone, and training ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["swinir-lightweight-x4", "hat-x2", "dat-light-x2"])
-def test_upscale_with_the_weights_file_alone(name: str, tmp_path: Path) -> None:
-    family, cfg, sd = published(name)
+def assert_weights_file_alone(
+    family: str,
+    cfg: dict[str, Any],
+    sd: dict[str, Tensor],
+    reference: Callable[..., Tensor],
+    pad: tuple[int, int, int, int] | None,
+    tmp_path: Path,
+) -> None:
+    """``upscale IMG --weights FILE.pth`` with no other flag (a BasicSR file: EMA first), and the
+    loaded model's output equals ``reference`` (the published forward) on the input padded by
+    ``pad`` (reflect: the published net on our padding), or on the input as is."""
     weights = tmp_path / f"{family}_community.pth"
     torch.save({"params_ema": sd, "params": {k: v * 0 for k, v in sd.items()}}, weights)  # BasicSR: EMA first
     src = tmp_path / "in.png"
@@ -853,8 +897,15 @@ def test_upscale_with_the_weights_file_alone(name: str, tmp_path: Path) -> None:
     x = read_image(src).color[None].double()
     loaded.module.double()
     with torch.no_grad():
-        expect = PUBLISHED[family][1](_double(sd), cfg, F.pad(x, (0, 3, 0, 0), "reflect") if family == "dat" else x)
-        torch.testing.assert_close(loaded(x), expect[..., : 17 * s], atol=1e-5, rtol=0)
+        expect = reference(_double(sd), cfg, F.pad(x, pad, "reflect") if pad else x)
+        torch.testing.assert_close(loaded(x), expect[..., : 20 * s, : 17 * s], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["swinir-lightweight-x4", "hat-x2", "dat-light-x2"])
+def test_upscale_with_the_weights_file_alone(name: str, tmp_path: Path) -> None:
+    family, cfg, sd = published(name)
+    pad = (0, 3, 0, 0) if family == "dat" else None
+    assert_weights_file_alone(family, cfg, sd, PUBLISHED[family][1], pad, tmp_path)
 
 
 def test_upscale_train_trains_a_transformer_family_and_exports_it(tmp_path: Path) -> None:

@@ -53,47 +53,23 @@ from torch import Tensor, nn
 
 from .attention import (
     PatchEmbed,
+    ResidualGroup,
+    WindowAttention,
     WindowSR,
-    constant,
-    multihead_attention,
-    relative_position_index,
-    residual_conv,
-    residual_radius,
-    shift_mask,
-    tail_layout,
+    alternate_shift,
+    frame_radius,
+    shifted_windows,
     to_image,
     to_tokens,
-    window_merge,
+    window_multiple,
     window_of_table,
-    window_partition,
-    window_radius,
 )
 from .layers import conv, indices, layout_matcher, shape
 from .registry import Arch, register_arch
-from .swinir import _scale, _upsampler
+from .swinir import detect_upsampler, upsampler_scale
 
 LOGIT_SCALE_MAX = math.log(100.0)
 """Upper clamp of the AC-MSA's log logit scale (as published)."""
-
-
-class WindowAttention(nn.Module):
-    """Window attention on given ``qkv`` windows: ``proj`` and the relative position bias."""
-
-    def __init__(self, dim: int, window: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("index", constant(relative_position_index(window, window)), persistent=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
-        """``(B * nW, N, 3C)`` windows -> ``(B * nW, N, C)``; ``mask`` ``(nW, N, N)`` or None."""
-        bias = self.relative_position_bias_table[self.index].permute(2, 0, 1)[None]
-        if mask is not None:
-            bias = bias + mask[:, None]
-        q, k, v = qkv.chunk(3, dim=-1)
-        return self.proj(multihead_attention(q, k, v, bias, self.heads))
 
 
 class DictionaryAttention(nn.Module):
@@ -180,7 +156,7 @@ class ATDLayer(nn.Module):
             self.norm3 = nn.InstanceNorm1d(m, affine=True)
             self.sigma = nn.Parameter(torch.zeros(m, 1))
         self.wqkv = nn.Linear(dim, 3 * dim, bias=opts["qkv_bias"])
-        self.attn_win = WindowAttention(dim, window, heads)
+        self.attn_win = WindowAttention(dim, window, heads, qkv=False)  # on the shared ``wqkv``
         self.attn_atd = DictionaryAttention(dim, m, opts["reducted_dim"], opts["qkv_bias"])
         self.attn_aca = CategoryAttention(dim, heads, opts["category_size"], opts["qkv_bias"])
         self.convffn = ConvFFN(dim, int(dim * opts["mlp_ratio"]), opts["convffn_kernel_size"])
@@ -188,13 +164,7 @@ class ATDLayer(nn.Module):
     def _windows(self, qkv: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
         """(Shifted) window attention of ``(B, N, 3C)`` projections -> ``(B, N, C)``."""
         b, n, c3 = qkv.shape
-        s, ws = self.shift, self.window
-        x = qkv.reshape(b, h, w, c3)
-        if s:
-            x = torch.roll(x, (-s, -s), dims=(1, 2))
-        y = window_merge(self.attn_win(window_partition(x, ws, ws), mask if s else None), ws, ws, h, w)
-        if s:
-            y = torch.roll(y, (s, s), dims=(1, 2))
+        y = shifted_windows(self.attn_win, qkv.reshape(b, h, w, c3), self.window, self.shift, mask)
         return y.reshape(b, n, c3 // 3)
 
     def forward(self, x: Tensor, td: Tensor, h: int, w: int, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,7 +186,7 @@ class BasicBlock(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, window: int, opts: Mapping[str, Any]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            ATDLayer(dim, heads, window, window // 2 if j % 2 else 0, j == depth - 1, opts) for j in range(depth)
+            ATDLayer(dim, heads, window, alternate_shift(window, j), j == depth - 1, opts) for j in range(depth)
         )
         self.td = nn.Parameter(torch.randn(opts["num_tokens"], dim))
 
@@ -227,16 +197,11 @@ class BasicBlock(nn.Module):
         return x
 
 
-class ATDB(nn.Module):
+class ATDB(ResidualGroup):
     """Adaptive token dictionary block: ``x + conv(layers(x))``."""
 
     def __init__(self, dim: int, depth: int, heads: int, window: int, resi: str, opts: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.residual_group = BasicBlock(dim, depth, heads, window, opts)
-        self.conv = residual_conv(dim, resi)
-
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        return to_tokens(self.conv(to_image(self.residual_group(x, h, w, mask), h, w))) + x
+        super().__init__(BasicBlock(dim, depth, heads, window, opts), dim, resi)
 
 
 class ATD(WindowSR):
@@ -277,21 +242,8 @@ class ATD(WindowSR):
             "qkv_bias": qkv_bias,
         }
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-        self.layers = nn.ModuleList(
-            ATDB(embed_dim, d, h, window_size, resi_connection, opts) for d, h in zip(depths, num_heads)
-        )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window
-        mask = shift_mask(h, w, ws, ws, ws // 2, ws // 2, x.device)
-        tokens = self.patch_embed(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, mask)
-        return to_image(self.norm(tokens), h, w)
+        groups = (ATDB(embed_dim, d, h, window_size, resi_connection, opts) for d, h in zip(depths, num_heads))
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -331,15 +283,10 @@ def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     dictionary attention, its refinement and the categories read the whole map: global."""
     k = {**DEFAULTS, **kwargs}
     ws, ffn = k["window_size"], ("conv", k["convffn_kernel_size"] // 2)
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for depth in k["depths"]:
-        body += [s for j in range(depth) for s in (("window", ws, ws // 2 if j % 2 else 0, 0, 0), ffn)] + [resi]
-    return window_radius([("conv", 1), *body, resi, *tail_layout(k["upsampler"], scale)], scale)
-
-
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
+    groups = (
+        [s for j in range(depth) for s in (("window", ws, alternate_shift(ws, j), 0, 0), ffn)] for depth in k["depths"]
+    )
+    return frame_radius(groups, k["resi_connection"], k["upsampler"], scale)
 
 
 _BUFFERS = ("relative_position_index_SA",)
@@ -355,7 +302,7 @@ def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
     groups = indices(sd, "layers.", "residual_group.td")
     layer = "layers.0.residual_group.layers.0."
     tables = [shape(sd, f"layers.{i}.residual_group.layers.0.attn_win.relative_position_bias_table") for i in groups]
-    upsampler = _upsampler(sd)
+    upsampler = detect_upsampler(sd)
     num_feat = shape(sd, "conv_before_upsample.0.weight")[0] if "conv_before_upsample.0.weight" in sd else 64
     kwargs = {
         "in_chans": in_chans,
@@ -374,7 +321,7 @@ def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
         "patch_norm": "patch_embed.norm.weight" in sd,
         "qkv_bias": f"{layer}wqkv.bias" in sd,
     }
-    return kwargs, _scale(sd, upsampler, in_chans, num_feat)
+    return kwargs, upsampler_scale(sd, upsampler, in_chans, num_feat)
 
 
 _SIGNATURE = (
@@ -407,7 +354,7 @@ ARCH = register_arch(
         radius=_radius,
         paper="Zhang et al., ATD, CVPR 2024",
         global_context=True,  # the token dictionary, its refinement and the categories span the map
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         fp16=False,  # a residual stream like SwinIR's (spandrel runs ATD in fp32 or bf16 only)
         bf16=False,  # unmeasured here: off, as for the other fidelity transformers
         matches=layout_matcher(_SIGNATURE, ATD, _infer),

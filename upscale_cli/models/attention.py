@@ -1,4 +1,5 @@
-"""Window self-attention and the frame shared by the restoration transformers SwinIR, HAT and DAT.
+"""Window self-attention and the frame shared by the restoration transformers (SwinIR, HAT, DAT,
+SRFormer, DRCT, RGT, ATD).
 
 Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo, "Swin Transformer: Hierarchical Vision Transformer using
 Shifted Windows", ICCV 2021, Sec. 3.2: self-attention inside non-overlapping windows (W-MSA),
@@ -21,7 +22,8 @@ half a window per side, which a fixed-size rule cannot express.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,9 +100,10 @@ def window_of_table(rows: int, other: int | None = None) -> int:
     return (side + 1) // 2
 
 
-def _bands(n: int, size: int, shift: int) -> Tensor:
-    """Region of each row (or column) of a map rolled by ``-shift``: 0 for the rows that stay
-    whole, 1 for the last window's own rows, 2 for the rows wrapped around from the start."""
+def bands(n: int, size: int, shift: int) -> Tensor:
+    """Region of each row (or column) of a map rolled by ``-shift`` in windows of ``size``: 0 for
+    the rows that stay whole, 1 for the last window's own rows, 2 for the rows wrapped around from
+    the start (the regions of Swin's mask, Sec. 3.2; SRFormer's mask reuses them)."""
     idx = torch.arange(n)
     return (idx >= n - size).long() + (idx >= n - shift).long()
 
@@ -108,10 +111,29 @@ def _bands(n: int, size: int, shift: int) -> Tensor:
 def shift_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device | None = None) -> Tensor:
     """``(nW, N, N)`` mask of the windows of an ``h x w`` map rolled by ``(-sh, -sw)``:
     :data:`MASK` between tokens of different regions, 0 within one (Swin Sec. 3.2, Fig. 4)."""
-    regions = _bands(h, wh, sh)[:, None] * 3 + _bands(w, ww, sw)[None, :]
+    regions = bands(h, wh, sh)[:, None] * 3 + bands(w, ww, sw)[None, :]
     windows = window_partition(regions[None, :, :, None], wh, ww)[..., 0]
     differ = windows[:, :, None] != windows[:, None, :]
     return torch.zeros(differ.shape).masked_fill_(differ, MASK).to(device)
+
+
+def alternate_shift(window: int, block: int) -> int:
+    """Shift of the windows of a group's ``block``-th block: Swin's schedule (Sec. 3.2), the odd
+    blocks on windows shifted by half a window (SwinIR, HAT, SRFormer, ATD)."""
+    return window // 2 if block % 2 else 0
+
+
+def shifted_windows(
+    attn: Callable[[Tensor, Tensor | None], Tensor], x: Tensor, window: int, shift: int, mask: Tensor
+) -> Tensor:
+    """``attn`` (windows, mask or None -> windows) on the ``window`` windows of a ``(B, H, W, C)``
+    map: with ``shift`` > 0 the map is rolled by ``-shift`` first and back after, and ``attn``
+    gets ``mask`` (SW-MSA, Swin Sec. 3.2).  Returns the merged ``(B, H, W, C')`` map."""
+    _, h, w, _ = x.shape
+    if shift:
+        x = torch.roll(x, (-shift, -shift), dims=(1, 2))
+    y = window_merge(attn(window_partition(x, window, window), mask if shift else None), window, window, h, w)
+    return torch.roll(y, (shift, shift), dims=(1, 2)) if shift else y
 
 
 # --- modules ---------------------------------------------------------------------------------------
@@ -144,23 +166,24 @@ class WindowAttention(nn.Module):
     """(Shifted) window multi-head self-attention with a relative position bias (Swin Eq. 4).
 
     Keys: ``qkv``, ``proj`` and ``relative_position_bias_table`` (``(2wh-1)(2ww-1) x heads``).
-    The index into the table is recomputed, not stored.
+    The index into the table is recomputed, not stored.  With ``qkv=False`` there is no ``qkv``
+    projection and the windows given are the projections ``(B * nW, N, 3C)`` (ATD's ``attn_win``).
     """
 
-    def __init__(self, dim: int, window: int, heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, window: int, heads: int, qkv_bias: bool = True, qkv: bool = True) -> None:
         super().__init__()
         self.window, self.heads = window, heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("index", constant(relative_position_index(window, window)), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias) if qkv else None
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """``(B * nW, N, C)`` windows -> the same; ``mask`` ``(nW, N, N)`` or None."""
         bias = self.relative_position_bias_table[self.index].permute(2, 0, 1)  # heads, N, N
         bias = bias[None] if mask is None else bias[None] + mask[:, None]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (x if self.qkv is None else self.qkv(x)).chunk(3, dim=-1)
         return self.proj(multihead_attention(q, k, v, bias, self.heads))
 
 
@@ -168,25 +191,31 @@ class SwinBlock(nn.Module):
     """Swin transformer layer: ``x + (S)W-MSA(LN(x))``, then ``x + MLP(LN(x))`` (Swin Eq. 3).
 
     ``shift`` > 0 rolls the map by ``-shift`` before the windows and back after (SW-MSA).
-    Keys: ``norm1``, ``attn``, ``norm2``, ``mlp``.
+    Keys: ``norm1``, ``attn``, ``norm2``, ``mlp``; ``attn`` and ``mlp``, when given, replace the
+    window attention and the MLP (SRFormer's PSA and ConvFFN).
     """
 
-    def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float, qkv_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window: int,
+        shift: int,
+        mlp_ratio: float,
+        qkv_bias: bool = True,
+        attn: nn.Module | None = None,
+        mlp: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window, heads, qkv_bias)
+        self.attn = attn if attn is not None else WindowAttention(dim, window, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = mlp if mlp is not None else Mlp(dim, int(dim * mlp_ratio))
 
     def attend(self, x: Tensor, mask: Tensor) -> Tensor:
         """(S)W-MSA of a normalised ``(B, H, W, C)`` map; ``mask``: this size's :func:`shift_mask`."""
-        _, h, w, _ = x.shape
-        s, ws = self.shift, self.window
-        if s:
-            x = torch.roll(x, (-s, -s), dims=(1, 2))
-        y = window_merge(self.attn(window_partition(x, ws, ws), mask if s else None), ws, ws, h, w)
-        return torch.roll(y, (s, s), dims=(1, 2)) if s else y
+        return shifted_windows(self.attn, x, self.window, self.shift, mask)
 
     def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
         y = self.attend(self.norm1(x).reshape(x.shape[0], h, w, -1), mask)
@@ -224,6 +253,45 @@ def residual_radius(kind: str) -> int:
     return {"1conv": 1, "3conv": 2, "identity": 0}[kind]
 
 
+class Blocks(nn.Module):
+    """A group's blocks in sequence, each ``(tokens, h, w, masks) -> tokens`` (key ``blocks.{j}``;
+    SwinIR's ``BasicLayer``)."""
+
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, h: int, w: int, masks: Any) -> Tensor:
+        for block in self.blocks:
+            x = block(x, h, w, masks)
+        return x
+
+
+class ResidualBlocks(Blocks):
+    """``x + conv(blocks(x))`` with the blocks beside the conv (keys ``blocks.{j}``, ``conv``; the
+    residual groups of DAT and RGT)."""
+
+    def __init__(self, blocks: Iterable[nn.Module], dim: int, resi: str) -> None:
+        super().__init__(blocks)
+        self.conv = residual_conv(dim, resi)
+
+    def forward(self, x: Tensor, h: int, w: int, masks: Any) -> Tensor:
+        return to_tokens(self.conv(to_image(super().forward(x, h, w, masks), h, w))) + x
+
+
+class ResidualGroup(nn.Module):
+    """SwinIR's residual group (RSTB, Eq. 6): ``x + conv(group(x))`` (keys ``residual_group``,
+    ``conv``); HAT's RHAG, SRFormer's PSA groups and ATD's ATDB keep it around their own groups."""
+
+    def __init__(self, group: nn.Module, dim: int, resi: str) -> None:
+        super().__init__()
+        self.residual_group = group
+        self.conv = residual_conv(dim, resi)
+
+    def forward(self, x: Tensor, h: int, w: int, masks: Any) -> Tensor:
+        return to_tokens(self.conv(to_image(self.residual_group(x, h, w, masks), h, w))) + x
+
+
 # --- the frame -------------------------------------------------------------------------------------
 
 
@@ -232,14 +300,19 @@ class WindowSR(nn.Module):
     ``F0 = conv_first(x')``, ``F = conv_after_body(body(F0)) + F0``, then the reconstruction
     of ``upsampler`` (:data:`UPSAMPLERS`), and back ``y / img_range + mean``.
 
-    Subclasses define ``body`` (:meth:`forward_features`, feature map to feature map) and set
-    ``self.conv_after_body``.
+    Subclasses build the body with :meth:`init_body` (the groups ``layers``, ``norm``,
+    ``conv_after_body``) after their embedding (``patch_embed``, or their own :meth:`embed`) and
+    set ``window``, or override :meth:`layer_masks`; :meth:`forward_features` runs them.
     Inputs are padded (reflect) to ``multiple`` at the bottom and right and the output cropped,
     as the published test code does.  A grey network (``in_chans=1``) given RGB runs on each
     channel.  RGB 0..1 in and out.
     """
 
     conv_after_body: nn.Module
+    patch_embed: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    window: int
 
     def __init__(
         self,
@@ -275,9 +348,33 @@ class WindowSR(nn.Module):
         if upsampler != "pixelshuffledirect":
             self.conv_last = conv(num_feat if upsampler != "none" else embed_dim, in_chans)
 
+    def init_body(self, layers: Iterable[nn.Module], embed_dim: int, resi_connection: str) -> None:
+        """The body after the embedding, as SwinIR builds it: the groups (key ``layers.{i}``), a
+        layer norm (``norm``) and ``conv_after_body``; then the published initialisation."""
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = residual_conv(embed_dim, resi_connection)
+        self.init_weights()
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The feature map as tokens: SwinIR's ``patch_embed``."""
+        return self.patch_embed(x)
+
+    def layer_masks(self, h: int, w: int, device: torch.device) -> Any:
+        """What each group takes beside the tokens of an ``h x w`` map: the :func:`shift_mask` of
+        ``window`` windows shifted by half a window."""
+        ws = self.window
+        return shift_mask(h, w, ws, ws, ws // 2, ws // 2, device)
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """The deep feature extraction: ``(B, embed_dim, H, W)`` to the same."""
-        raise NotImplementedError
+        """The deep feature extraction, ``(B, embed_dim, H, W)`` to the same: tokens
+        (:meth:`embed`), the groups, the norm (SwinIR Sec. 3.1)."""
+        h, w = x.shape[-2:]
+        masks = self.layer_masks(h, w, x.device)
+        tokens = self.embed(x)
+        for layer in self.layers:
+            tokens = layer(tokens, h, w, masks)
+        return to_image(self.norm(tokens), h, w)
 
     def init_weights(self) -> None:
         """The published initialisation (subclasses call it last): linear weights from a normal
@@ -325,6 +422,22 @@ def tail_layout(upsampler: str, scale: int) -> list[tuple]:
     if upsampler == "nearest+conv":
         return [("conv", 1), *[("up", 2), ("conv", 1)] * (scale // 2), ("conv", 2)]
     return [("conv", 1)]
+
+
+def window_multiple(default: int) -> Callable[[Mapping[str, Any], int], int]:
+    """``Arch.size_multiple`` of a family whose inputs are padded to its ``window_size`` kwarg
+    (``default`` when not given)."""
+
+    def size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
+        return int(kwargs.get("window_size", default))
+
+    return size_multiple
+
+
+def drop_buffers(sd: dict[str, Tensor], suffixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """``sd`` without the keys ending in ``suffixes``: the buffers of the published files that
+    the networks here recompute (index tables, and masks sized for the training patch)."""
+    return {k: v for k, v in sd.items() if not k.endswith(suffixes)}
 
 
 # --- receptive field -------------------------------------------------------------------------------
@@ -386,3 +499,16 @@ def window_radius(chain: Sequence[Step], scale: int) -> int:
         lo, hi = _chain_back(chain, p, p)
         radius = max(radius, p // scale - lo, hi - p // scale)
     return radius
+
+
+def frame_radius(
+    groups: Iterable[Sequence[Step]], resi_connection: str, upsampler: str, scale: int, group_conv: bool = True
+) -> int:
+    """:func:`window_radius` of :class:`WindowSR` around the steps of its groups: ``conv_first``,
+    each group closed by its ``resi_connection`` conv (none with ``group_conv=False``: DRCT's),
+    ``conv_after_body``, then the reconstruction (:func:`tail_layout`)."""
+    resi = ("conv", residual_radius(resi_connection))
+    body: list[Step] = []
+    for group in groups:
+        body += [*group, resi] if group_conv else group
+    return window_radius([("conv", 1), *body, resi, *tail_layout(upsampler, scale)], scale)

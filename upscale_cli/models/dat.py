@@ -44,22 +44,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import (
+    ResidualBlocks,
     WindowSR,
     constant,
+    drop_buffers,
+    frame_radius,
     multihead_attention,
     relative_position_index,
-    residual_conv,
-    residual_radius,
     shift_mask,
-    tail_layout,
     to_image,
     to_tokens,
     window_merge,
     window_partition,
-    window_radius,
 )
-from .layers import Upsampler, conv, indices, layout_matcher, shape
+from .layers import conv, indices, layout_matcher, shape
 from .registry import Arch, register_arch
+from .swinir import upsampler_scale
 
 
 class ToTokens(nn.Module):
@@ -117,6 +117,34 @@ class SpatialAttention(nn.Module):
         return window_merge(multihead_attention(q, k, v, bias, self.heads), wh, ww, h, w)
 
 
+def rectangle_attentions(dim: int, heads: int, split: Sequence[int]) -> nn.ModuleList:
+    """The two window branches on half the channels each (Sec. 3.2): ``split[0] x split[1]``
+    windows and the transposed ones (key ``attns.{0,1}``; RGT's L-SA keeps them)."""
+    s0, s1 = split
+    return nn.ModuleList(
+        [SpatialAttention(dim // 2, heads // 2, s0, s1), SpatialAttention(dim // 2, heads // 2, s1, s0)]
+    )
+
+
+def attend_rectangles(
+    attns: nn.ModuleList, split: Sequence[int], shifted: bool, qkv: Sequence[Tensor], masks: Sequence[Tensor]
+) -> Tensor:
+    """The branches of :func:`rectangle_attentions` on ``(B, H, W, C)`` maps of queries, keys and
+    values: the first half of the channels in ``split`` windows, the second in the transposed
+    ones, each rolled by half its window when ``shifted``; the outputs side by side, ``(B, H, W, C)``."""
+    c = qkv[0].shape[-1]
+    s0, s1 = (s // 2 for s in split)
+    outs = []
+    for i, (attn, shifts) in enumerate(zip(attns, ((s0, s1), (s1, s0)))):
+        part = slice(0, c // 2) if i == 0 else slice(c // 2, c)
+        branch = [t[..., part] for t in qkv]
+        if shifted:
+            branch = [torch.roll(t, (-shifts[0], -shifts[1]), dims=(1, 2)) for t in branch]
+        y = attn(*branch, masks[i] if shifted else None)
+        outs.append(torch.roll(y, shifts, dims=(1, 2)) if shifted else y)
+    return torch.cat(outs, dim=-1)
+
+
 class AIM(nn.Module):
     """The conv branch and the interaction maps shared by both attention blocks (Sec. 3.3)."""
 
@@ -140,24 +168,12 @@ class AdaptiveSpatialAttention(AIM):
         self.split, self.shifted = tuple(split), shifted
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        s0, s1 = self.split
-        self.attns = nn.ModuleList(
-            [SpatialAttention(dim // 2, heads // 2, s0, s1), SpatialAttention(dim // 2, heads // 2, s1, s0)]
-        )
+        self.attns = rectangle_attentions(dim, heads, self.split)
 
     def forward(self, x: Tensor, h: int, w: int, masks: Sequence[Tensor]) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, h, w, 3 * c).chunk(3, dim=-1)
-        s0, s1 = (s // 2 for s in self.split)
-        outs = []
-        for i, (attn, shifts) in enumerate(zip(self.attns, ((s0, s1), (s1, s0)))):
-            part = slice(0, c // 2) if i == 0 else slice(c // 2, c)
-            qkv = [t[..., part] for t in (q, k, v)]
-            if self.shifted:
-                qkv = [torch.roll(t, (-shifts[0], -shifts[1]), dims=(1, 2)) for t in qkv]
-            y = attn(*qkv, masks[i] if self.shifted else None)
-            outs.append(torch.roll(y, shifts, dims=(1, 2)) if self.shifted else y)
-        attended = torch.cat(outs, dim=-1).reshape(b, n, c)
+        attended = attend_rectangles(self.attns, self.split, self.shifted, (q, k, v), masks).reshape(b, n, c)
         conv_x = self.dwconv(v.permute(0, 3, 1, 2))
         channel_map = self.channel_interaction(conv_x).reshape(b, 1, c)
         spatial_map = self.spatial_interaction(to_image(attended, h, w))
@@ -244,7 +260,7 @@ class DATB(nn.Module):
         return x + self.ffn(self.norm2(x), h, w)
 
 
-class ResidualGroup(nn.Module):
+class ResidualGroup(ResidualBlocks):
     """``x + conv(DATBs(x))`` (keys ``blocks.{j}``, ``conv``)."""
 
     def __init__(
@@ -258,18 +274,33 @@ class ResidualGroup(nn.Module):
         resi: str,
         group: int,
     ) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(DATB(dim, heads, split, expansion, qkv_bias, group, j) for j in range(depth))
-        self.conv = residual_conv(dim, resi)
-
-    def forward(self, x: Tensor, h: int, w: int, masks: Sequence[Tensor]) -> Tensor:
-        res = x
-        for block in self.blocks:
-            x = block(x, h, w, masks)
-        return res + to_tokens(self.conv(to_image(x, h, w)))
+        super().__init__((DATB(dim, heads, split, expansion, qkv_bias, group, j) for j in range(depth)), dim, resi)
 
 
-class DAT(WindowSR):
+class SplitWindowSR(WindowSR):
+    """DAT's use of SwinIR's frame: tokens by ``before_RG`` (a layer norm after them), and for the
+    groups the masks of the ``split`` windows and of the transposed ones, shifted by half their
+    size (RGT keeps it)."""
+
+    split: tuple[int, ...]
+
+    def init_embedding(self, split: Sequence[int], embed_dim: int) -> None:
+        """``split`` and the embedding (key ``before_RG.1``, the published ``Rearrange`` and norm)."""
+        self.split = tuple(split)
+        self.before_RG = nn.Sequential(ToTokens(), nn.LayerNorm(embed_dim))
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.before_RG(x)
+
+    def layer_masks(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        s0, s1 = self.split
+        return (
+            shift_mask(h, w, s0, s1, s0 // 2, s1 // 2, device),
+            shift_mask(h, w, s1, s0, s1 // 2, s0 // 2, device),
+        )
+
+
+class DAT(SplitWindowSR):
     """DAT (Chen et al. 2023, Fig. 2); RGB 0..1 in and out."""
 
     def __init__(
@@ -292,27 +323,12 @@ class DAT(WindowSR):
         if upsampler not in ("pixelshuffle", "pixelshuffledirect") or resi_connection == "identity":
             raise ValueError(f"DAT has no {upsampler} / {resi_connection} variant")
         super().__init__(scale, in_chans, embed_dim, upsampler, num_feat, img_range, math.lcm(*split_size))
-        self.split = tuple(split_size)
-        self.before_RG = nn.Sequential(ToTokens(), nn.LayerNorm(embed_dim))
-        self.layers = nn.ModuleList(
+        self.init_embedding(split_size, embed_dim)
+        groups = (
             ResidualGroup(embed_dim, d, h, split_size, expansion_factor, qkv_bias, resi_connection, i)
             for i, (d, h) in enumerate(zip(depth, num_heads))
         )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        s0, s1 = self.split
-        masks = (
-            shift_mask(h, w, s0, s1, s0 // 2, s1 // 2, x.device),
-            shift_mask(h, w, s1, s0, s1 // 2, s0 // 2, x.device),
-        )
-        tokens = self.before_RG(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, masks)
-        return to_image(self.norm(tokens), h, w)
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -328,10 +344,10 @@ DEFAULTS: dict[str, Any] = {
 """DAT of the paper (Table 3, 14.8M parameters at x4)."""
 
 
-def _block_steps(split: Sequence[int], group: int, block: int) -> list[tuple]:
+def block_steps(split: Sequence[int], group: int, block: int) -> list[tuple]:
     """A DATB as :func:`~.attention.window_radius` steps, along either axis (the two window
     branches hold both orientations).  The channel attention and the C-maps read the whole map:
-    that part is global."""
+    that part is global.  RGT's L-SA blocks have the same field."""
     if block % 2:
         return [("conv", 1), ("conv", 1)]  # the conv branch on the values, the SGFN's dwconv
     shifted = is_shifted(group, block)
@@ -341,11 +357,9 @@ def _block_steps(split: Sequence[int], group: int, block: int) -> list[tuple]:
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     k = {**DEFAULTS, **kwargs}
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for group, depth in enumerate(k["depth"]):
-        body += [step for j in range(depth) for step in _block_steps(k["split_size"], group, j)] + [resi]
-    return window_radius([("conv", 1), *body, resi, *tail_layout(k["upsampler"], scale)], scale)
+    split = k["split_size"]
+    groups = ([s for j in range(d) for s in block_steps(split, i, j)] for i, d in enumerate(k["depth"]))
+    return frame_radius(groups, k["resi_connection"], k["upsampler"], scale)
 
 
 def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
@@ -358,7 +372,7 @@ _BUFFERS = (".relative_position_index", ".attn_mask_0", ".attn_mask_1")
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the published index and mask buffers (recomputed here; the masks are sized for the
     training patch)."""
-    return {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
+    return drop_buffers(sd, _BUFFERS)
 
 
 def _heads(sd: Mapping[str, Tensor], group: int) -> int:
@@ -367,14 +381,6 @@ def _heads(sd: Mapping[str, Tensor], group: int) -> int:
     if key in sd:
         return shape(sd, key)[0]
     return 2 * shape(sd, f"layers.{group}.blocks.0.attn.attns.0.pos.pos3.2.weight")[0]
-
-
-def _scale(sd: Mapping[str, Tensor], upsampler: str, in_chans: int, num_feat: int) -> int | None:
-    if upsampler == "pixelshuffle":
-        return Upsampler.scale_of(sd, "upsample.", num_feat)
-    out = shape(sd, "upsample.0.weight")[0]
-    r = math.isqrt(out // in_chans)
-    return r if r * r * in_chans == out else None
 
 
 def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
@@ -395,7 +401,7 @@ def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
         "num_feat": num_feat,
         "qkv_bias": "layers.0.blocks.0.attn.qkv.bias" in sd,
     }
-    return kwargs, _scale(sd, upsampler, in_chans, num_feat)
+    return kwargs, upsampler_scale(sd, upsampler, in_chans, num_feat)
 
 
 _SIGNATURE = (
@@ -426,8 +432,10 @@ ARCH = register_arch(
         test_configs=(
             (_TINY, 2),  # DAT / DAT-2 shaped (the expansion factor tells them apart)
             ({**_TINY, "split_size": [2, 2], "depth": [1, 2], "num_heads": [2, 2]}, 3),  # DAT-S: other split
-            ({**_TINY, "upsampler": "pixelshuffledirect", "resi_connection": "3conv", "depth": [3],
-             "num_feat": 64}, 4),  # DAT-light
+            (
+                {**_TINY, "upsampler": "pixelshuffledirect", "resi_connection": "3conv", "depth": [3], "num_feat": 64},
+                4,
+            ),  # DAT-light
         ),
     )
 )

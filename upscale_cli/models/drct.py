@@ -38,14 +38,12 @@ from .attention import (
     PatchEmbed,
     SwinBlock,
     WindowSR,
-    residual_conv,
-    residual_radius,
-    shift_mask,
-    tail_layout,
+    drop_buffers,
+    frame_radius,
     to_image,
     to_tokens,
+    window_multiple,
     window_of_table,
-    window_radius,
 )
 from .layers import Upsampler, conv, indices, layout_matcher, shape
 from .registry import Arch, register_arch
@@ -112,19 +110,8 @@ class DRCT(WindowSR):
         super().__init__(scale, in_chans, embed_dim, "pixelshuffle", num_feat, img_range, window_size)
         self.window = window_size
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-        self.layers = nn.ModuleList(RDG(embed_dim, h, window_size, mlp_ratio, qkv_bias, gc) for h in num_heads)
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window
-        mask = shift_mask(h, w, ws, ws, ws // 2, ws // 2, x.device)
-        tokens = self.patch_embed(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, mask)
-        return to_image(self.norm(tokens), h, w)
+        groups = (RDG(embed_dim, h, window_size, mlp_ratio, qkv_bias, gc) for h in num_heads)
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -150,13 +137,8 @@ def group_steps(window: int) -> list[tuple]:
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     k = {**DEFAULTS, **kwargs}
-    body = [step for _ in k["num_heads"] for step in group_steps(k["window_size"])]
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    return window_radius([("conv", 1), *body, resi, *tail_layout("pixelshuffle", scale)], scale)
-
-
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
+    groups = (group_steps(k["window_size"]) for _ in k["num_heads"])
+    return frame_radius(groups, k["resi_connection"], "pixelshuffle", scale, group_conv=False)
 
 
 _BUFFERS = (".relative_position_index", ".attn_mask")
@@ -165,7 +147,7 @@ _BUFFERS = (".relative_position_index", ".attn_mask")
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the buffers of the published files (recomputed here; ``attn_mask`` is sized for the
     training patch)."""
-    return {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
+    return drop_buffers(sd, _BUFFERS)
 
 
 def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
@@ -206,7 +188,7 @@ ARCH = register_arch(
         convention="rgb",
         radius=_radius,
         paper="Hsu et al., DRCT, CVPRW 2024",
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         fp16=False,  # a residual stream like SwinIR's (spandrel runs DRCT in fp32 or bf16 only)
         bf16=False,  # unmeasured here: off, as for the other fidelity transformers
         matches=layout_matcher(_SIGNATURE, DRCT, _infer),

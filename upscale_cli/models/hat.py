@@ -38,22 +38,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import (
+    Blocks,
     Mlp,
     PatchEmbed,
+    ResidualGroup,
     SwinBlock,
     WindowSR,
+    alternate_shift,
     constant,
+    frame_radius,
     multihead_attention,
-    residual_conv,
-    residual_radius,
-    shift_mask,
-    tail_layout,
-    to_image,
     to_tokens,
     window_merge,
+    window_multiple,
     window_of_table,
     window_partition,
-    window_radius,
 )
 from .layers import Upsampler, conv, indices, layout_matcher, shape
 from .registry import Arch, register_arch
@@ -171,17 +170,16 @@ class OCAB(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class AttenBlocks(nn.Module):
+class AttenBlocks(Blocks):
     """The HABs of one group, then its OCAB (keys ``blocks.{j}``, ``overlap_attn``)."""
 
     def __init__(self, dim: int, depth: int, heads: int, window: int, opts: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
+        super().__init__(
             HAB(
                 dim,
                 heads,
                 window,
-                window // 2 if j % 2 else 0,
+                alternate_shift(window, j),
                 opts["mlp_ratio"],
                 opts["qkv_bias"],
                 opts["compress_ratio"],
@@ -193,21 +191,14 @@ class AttenBlocks(nn.Module):
         self.overlap_attn = OCAB(dim, window, opts["overlap_ratio"], heads, opts["qkv_bias"], opts["mlp_ratio"])
 
     def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        for block in self.blocks:
-            x = block(x, h, w, mask)
-        return self.overlap_attn(x, h, w)
+        return self.overlap_attn(super().forward(x, h, w, mask), h, w)
 
 
-class RHAG(nn.Module):
+class RHAG(ResidualGroup):
     """Residual hybrid attention group: ``x + conv(OCAB(HABs(x)))``."""
 
     def __init__(self, dim: int, depth: int, heads: int, window: int, resi: str, opts: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.residual_group = AttenBlocks(dim, depth, heads, window, opts)
-        self.conv = residual_conv(dim, resi)
-
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        return to_tokens(self.conv(to_image(self.residual_group(x, h, w, mask), h, w))) + x
+        super().__init__(AttenBlocks(dim, depth, heads, window, opts), dim, resi)
 
 
 class HAT(WindowSR):
@@ -247,21 +238,8 @@ class HAT(WindowSR):
             "overlap_ratio": overlap_ratio,
         }
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-        self.layers = nn.ModuleList(
-            RHAG(embed_dim, d, h, window_size, resi_connection, opts) for d, h in zip(depths, num_heads)
-        )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window
-        mask = shift_mask(h, w, ws, ws, ws // 2, ws // 2, x.device)
-        tokens = self.patch_embed(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, mask)
-        return to_image(self.norm(tokens), h, w)
+        groups = (RHAG(embed_dim, d, h, window_size, resi_connection, opts) for d, h in zip(depths, num_heads))
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -279,22 +257,21 @@ DEFAULTS: dict[str, Any] = {
 """HAT of the paper (Table 1, 20.8M parameters at x4)."""
 
 
+def group_steps(window: int, depth: int, pad: int) -> list[tuple]:
+    """An RHAG as :func:`~.attention.window_radius` steps: each HAB's (shifted) window beside the
+    CAB's two 3x3 convs, then the OCAB's window, whose keys reach ``pad`` pixels beyond it."""
+    habs = [(("window", window, alternate_shift(window, j), 0, 0),) for j in range(depth)]
+    return [*(("branches", (hab, (("conv", 2),))) for hab in habs), ("window", window, 0, pad, pad)]
+
+
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     """The local field: windows beside the CAB's two 3x3 convs, the OCAB's wider keys, the convs.
     The CAB's channel attention pools the whole map: that part is global (a small leak)."""
     k = {**DEFAULTS, **kwargs}
     ws = k["window_size"]
     pad = (overlap_size(ws, k["overlap_ratio"]) - ws) // 2
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for depth in k["depths"]:
-        body += [("branches", ((("window", ws, ws // 2 if j % 2 else 0, 0, 0),), (("conv", 2),))) for j in range(depth)]
-        body += [("window", ws, 0, pad, pad), resi]
-    return window_radius([("conv", 1), *body, resi, *tail_layout("pixelshuffle", scale)], scale)
-
-
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
+    groups = (group_steps(ws, depth, pad) for depth in k["depths"])
+    return frame_radius(groups, k["resi_connection"], "pixelshuffle", scale)
 
 
 _BUFFERS = ("relative_position_index_SA", "relative_position_index_OCA")
@@ -363,7 +340,7 @@ ARCH = register_arch(
         radius=_radius,
         paper="Chen et al., HAT, CVPR 2023",
         global_context=True,  # the CAB's channel attention pools the whole map
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         fp16=False,  # a residual stream like SwinIR's (spandrel too runs all three in fp32 or bf16)
         bf16=False,  # 65 dB from fp32, random weights (benchmarks/transformer_tiling.py): as SwinIR
         matches=layout_matcher(_SIGNATURE, HAT, _infer),

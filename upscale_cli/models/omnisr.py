@@ -66,6 +66,7 @@ from .attention import (
     tail_layout,
     window_merge,
     window_of_table,
+    window_multiple,
     window_partition,
     window_radius,
 )
@@ -384,10 +385,6 @@ def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     )
 
 
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
-
-
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop thop's profiling buffers; where they were, mark the file as the authors' (``signed``)."""
     profiled = [k for k in sd if k.rsplit(".", 1)[-1] in _THOP]
@@ -435,7 +432,7 @@ ARCH = register_arch(
         convention="rgb",
         radius=_radius,
         paper="Wang et al., OmniSR, CVPR 2023",
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         global_context=True,  # squeeze-excitation over the map, grid attentions strided across it
         fp16=False,  # unmeasured: a fidelity transformer stays fp32 (as SwinIR, HAT, DAT)
         bf16=False,

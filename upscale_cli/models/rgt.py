@@ -46,17 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import (
-    WindowSR,
-    residual_conv,
-    residual_radius,
-    shift_mask,
-    tail_layout,
-    to_image,
-    to_tokens,
-    window_radius,
-)
-from .dat import SGFN, SpatialAttention, ToTokens, _block_steps, is_shifted
+from .attention import ResidualBlocks, drop_buffers, frame_radius, to_image, to_tokens
+from .dat import SGFN, SplitWindowSR, attend_rectangles, block_steps, is_shifted, rectangle_attentions
 from .layers import Upsampler, conv, indices, layout_matcher, shape
 from .registry import Arch, register_arch
 
@@ -73,27 +64,15 @@ class LSA(nn.Module):
     def __init__(self, dim: int, heads: int, split: Sequence[int], shifted: bool, qkv_bias: bool) -> None:
         super().__init__()
         self.split, self.shifted = tuple(split), shifted
-        s0, s1 = self.split
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.attns = nn.ModuleList(
-            [SpatialAttention(dim // 2, heads // 2, s0, s1), SpatialAttention(dim // 2, heads // 2, s1, s0)]
-        )
+        self.attns = rectangle_attentions(dim, heads, self.split)
         self.get_v = conv(dim, dim, groups=dim)
 
     def forward(self, x: Tensor, h: int, w: int, masks: Sequence[Tensor]) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, h, w, 3 * c).chunk(3, dim=-1)
-        s0, s1 = (s // 2 for s in self.split)
-        outs = []
-        for i, (attn, shifts) in enumerate(zip(self.attns, ((s0, s1), (s1, s0)))):
-            part = slice(0, c // 2) if i == 0 else slice(c // 2, c)
-            qkv = [t[..., part] for t in (q, k, v)]
-            if self.shifted:
-                qkv = [torch.roll(t, (-shifts[0], -shifts[1]), dims=(1, 2)) for t in qkv]
-            y = attn(*qkv, masks[i] if self.shifted else None)
-            outs.append(torch.roll(y, shifts, dims=(1, 2)) if self.shifted else y)
-        attended = torch.cat(outs, dim=-1).reshape(b, n, c)
+        attended = attend_rectangles(self.attns, self.split, self.shifted, (q, k, v), masks).reshape(b, n, c)
         return self.proj(attended + to_tokens(self.get_v(v.permute(0, 3, 1, 2))))
 
 
@@ -168,19 +147,11 @@ class Block(nn.Module):
         return y + x * self.gamma
 
 
-class ResidualGroup(nn.Module):
+class ResidualGroup(ResidualBlocks):
     """``x + conv(blocks(x))`` (keys ``blocks.{j}``, ``conv``)."""
 
     def __init__(self, dim: int, depth: int, heads: int, resi: str, opts: Mapping[str, Any], group: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, opts, group, j) for j in range(depth))
-        self.conv = residual_conv(dim, resi)
-
-    def forward(self, x: Tensor, h: int, w: int, masks: Sequence[Tensor]) -> Tensor:
-        res = x
-        for block in self.blocks:
-            x = block(x, h, w, masks)
-        return res + to_tokens(self.conv(to_image(x, h, w)))
+        super().__init__((Block(dim, heads, opts, group, j) for j in range(depth)), dim, resi)
 
 
 def size_multiple(split: Sequence[int]) -> int:
@@ -188,7 +159,7 @@ def size_multiple(split: Sequence[int]) -> int:
     return math.lcm(*split, MIN_SIDE)
 
 
-class RGT(WindowSR):
+class RGT(SplitWindowSR):
     """RGT (Chen et al. 2024, Fig. 2); RGB 0..1 in and out."""
 
     def __init__(
@@ -211,27 +182,12 @@ class RGT(WindowSR):
         if resi_connection not in ("1conv", "3conv"):
             raise ValueError(f"RGT closes its groups with 1conv or 3conv, not {resi_connection!r}")
         super().__init__(scale, in_chans, embed_dim, "pixelshuffle", num_feat, img_range, size_multiple(split_size))
-        self.split = tuple(split_size)
+        self.init_embedding(split_size, embed_dim)
         opts = {"split_size": self.split, "qkv_bias": qkv_bias, "c_ratio": c_ratio, "mlp_ratio": mlp_ratio}
-        self.before_RG = nn.Sequential(ToTokens(), nn.LayerNorm(embed_dim))
-        self.layers = nn.ModuleList(
+        groups = (
             ResidualGroup(embed_dim, d, h, resi_connection, opts, i) for i, (d, h) in enumerate(zip(depth, num_heads))
         )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        s0, s1 = self.split
-        masks = (
-            shift_mask(h, w, s0, s1, s0 // 2, s1 // 2, x.device),
-            shift_mask(h, w, s1, s0, s1 // 2, s0 // 2, x.device),
-        )
-        tokens = self.before_RG(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, masks)
-        return to_image(self.norm(tokens), h, w)
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -254,16 +210,14 @@ def _block_radius_steps(split: Sequence[int], group: int, block: int) -> list[tu
     """A block as :func:`~.attention.window_radius` steps: an L-SA block is DAT's spatial block
     (windows beside the 3x3 conv of the values, then the SGFN's); an RG-SA block keeps only the
     SGFN's conv locally (its keys and values summarise the whole map: global)."""
-    return _block_steps(split, group, block) if block % 2 == 0 else [("conv", 1)]
+    return block_steps(split, group, block) if block % 2 == 0 else [("conv", 1)]
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     k = {**DEFAULTS, **kwargs}
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for group, depth in enumerate(k["depth"]):
-        body += [step for j in range(depth) for step in _block_radius_steps(k["split_size"], group, j)] + [resi]
-    return window_radius([("conv", 1), *body, resi, *tail_layout("pixelshuffle", scale)], scale)
+    split = k["split_size"]
+    groups = ([s for j in range(d) for s in _block_radius_steps(split, i, j)] for i, d in enumerate(k["depth"]))
+    return frame_radius(groups, k["resi_connection"], "pixelshuffle", scale)
 
 
 def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
@@ -276,7 +230,7 @@ _BUFFERS = (".relative_position_index", ".attn_mask_0", ".attn_mask_1")
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the published index and mask buffers (recomputed here; the masks are sized for the
     training patch)."""
-    return {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
+    return drop_buffers(sd, _BUFFERS)
 
 
 def _heads(sd: Mapping[str, Tensor], group: int, dim: int) -> int:

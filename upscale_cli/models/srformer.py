@@ -39,7 +39,6 @@ embedding (``ape``, off in every published configuration) is not supported.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,24 +48,23 @@ from torch import Tensor, nn
 
 from .attention import (
     MASK,
-    PatchEmbed,
-    WindowSR,
-    _bands,
+    SwinBlock,
+    alternate_shift,
+    bands,
     constant,
+    drop_buffers,
+    frame_radius,
     multihead_attention,
     relative_position_index,
-    residual_conv,
-    residual_radius,
-    tail_layout,
     to_image,
     to_tokens,
-    window_merge,
-    window_of_table,
+    window_multiple,
     window_partition,
-    window_radius,
 )
-from .layers import Upsampler, indices, layout_matcher, shape
+from .layers import layout_matcher
 from .registry import Arch, register_arch
+from . import swinir
+from .swinir import SwinIR, infer_rstb
 
 
 def aligned_index(window: int) -> Tensor:
@@ -83,8 +81,8 @@ def permuted_mask(h: int, w: int, window: int, shift: int, device: torch.device 
     region (bands of the rolled map, Swin's) differs from its key cell's region on the half-size
     map (bands of ``window / 2`` and ``ceil(shift / 2)``, as published)."""
     p, half = window // 2, -(-shift // 2)
-    fine = _bands(h, window, shift)[:, None] * 3 + _bands(w, window, shift)[None, :]
-    coarse = _bands(h // 2, p, half)[:, None] * 3 + _bands(w // 2, p, half)[None, :]
+    fine = bands(h, window, shift)[:, None] * 3 + bands(w, window, shift)[None, :]
+    coarse = bands(h // 2, p, half)[:, None] * 3 + bands(w // 2, p, half)[None, :]
     queries = window_partition(fine[None, :, :, None], window, window)[..., 0]
     keys = window_partition(coarse[None, :, :, None], p, p)[..., 0]
     differ = queries[:, :, None] != keys[:, None, :]
@@ -143,120 +141,46 @@ class ConvFFN(nn.Module):
         return self.fc2(y + self.dwconv(y, h, w))
 
 
-class PSABlock(nn.Module):
-    """``x + PSA(LN x)`` on (shifted) windows, then ``x + ConvFFN(LN x)``; keys ``norm1``,
-    ``attn``, ``norm2``, ``mlp``."""
+class PSABlock(SwinBlock):
+    """``x + PSA(LN x)`` on (shifted) windows, then ``x + ConvFFN(LN x)``: a Swin layer with
+    SRFormer's attention and feed-forward network (keys ``norm1``, ``attn``, ``norm2``, ``mlp``)."""
 
     def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float, qkv_bias: bool) -> None:
-        super().__init__()
-        self.window, self.shift = window, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = PSA(dim, window, heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio))
+        attn, mlp = PSA(dim, window, heads, qkv_bias), ConvFFN(dim, int(dim * mlp_ratio))
+        super().__init__(dim, heads, window, shift, mlp_ratio, qkv_bias, attn=attn, mlp=mlp)
 
     def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        s, ws = self.shift, self.window
-        y = self.norm1(x).reshape(x.shape[0], h, w, -1)
-        if s:
-            y = torch.roll(y, (-s, -s), dims=(1, 2))
-        y = window_merge(self.attn(window_partition(y, ws, ws), mask if s else None), ws, ws, h, w)
-        if s:
-            y = torch.roll(y, (s, s), dims=(1, 2))
-        x = x + y.reshape(x.shape)
+        x = x + self.attend(self.norm1(x).reshape(x.shape[0], h, w, -1), mask).reshape(x.shape)
         return x + self.mlp(self.norm2(x), h, w)
 
 
-class PSAGroup(nn.Module):
-    """``x + conv(blocks(x))``, the odd blocks on shifted windows (keys ``residual_group.blocks``, ``conv``)."""
+class SRFormer(SwinIR):
+    """SRFormer (Zhou et al. 2023, Fig. 3): SwinIR with PSA blocks in its groups and the permuted
+    mask, window 22 by default; the other kwargs are SwinIR's.  RGB 0..1 in and out."""
 
-    def __init__(
-        self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, qkv_bias: bool, resi: str
-    ) -> None:
-        super().__init__()
-        self.residual_group = nn.Module()
-        self.residual_group.blocks = nn.ModuleList(
-            PSABlock(dim, heads, window, window // 2 if j % 2 else 0, mlp_ratio, qkv_bias) for j in range(depth)
-        )
-        self.conv = residual_conv(dim, resi)
+    block = PSABlock
 
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        y = x
-        for block in self.residual_group.blocks:
-            y = block(y, h, w, mask)
-        return to_tokens(self.conv(to_image(y, h, w))) + x
+    def __init__(self, scale: int = 4, *, window_size: int = 22, **kwargs: Any) -> None:
+        super().__init__(scale, window_size=window_size, **kwargs)
+
+    def layer_masks(self, h: int, w: int, device: torch.device) -> Tensor:
+        """The :func:`permuted_mask` of the windows shifted by half a window."""
+        return permuted_mask(h, w, self.window, self.window // 2, device)
 
 
-class SRFormer(WindowSR):
-    """SRFormer (Zhou et al. 2023, Fig. 3); RGB 0..1 in and out."""
-
-    def __init__(
-        self,
-        scale: int = 4,
-        in_chans: int = 3,
-        embed_dim: int = 180,
-        depths: list[int] | tuple[int, ...] = (6, 6, 6, 6, 6, 6),
-        num_heads: list[int] | tuple[int, ...] = (6, 6, 6, 6, 6, 6),
-        window_size: int = 22,
-        mlp_ratio: float = 2.0,
-        upsampler: str = "pixelshuffle",
-        resi_connection: str = "1conv",
-        num_feat: int = 64,
-        img_range: float = 1.0,
-        patch_norm: bool = True,
-        qkv_bias: bool = True,
-    ) -> None:
-        if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
-        super().__init__(scale, in_chans, embed_dim, upsampler, num_feat, img_range, window_size)
-        self.window = window_size
-        self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-        self.layers = nn.ModuleList(
-            PSAGroup(embed_dim, d, h, window_size, mlp_ratio, qkv_bias, resi_connection)
-            for d, h in zip(depths, num_heads)
-        )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window
-        mask = permuted_mask(h, w, ws, ws // 2, x.device)
-        tokens = self.patch_embed(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, mask)
-        return to_image(self.norm(tokens), h, w)
-
-
-DEFAULTS: dict[str, Any] = {
-    "in_chans": 3,
-    "embed_dim": 180,
-    "depths": [6, 6, 6, 6, 6, 6],
-    "num_heads": [6, 6, 6, 6, 6, 6],
-    "window_size": 22,
-    "mlp_ratio": 2.0,
-    "upsampler": "pixelshuffle",
-    "resi_connection": "1conv",
-}
-"""The classical SRFormer of the paper (``test_SRFormer_DF2Ksrx{2,3,4}.yml``: window 22)."""
+DEFAULTS: dict[str, Any] = {**swinir.DEFAULTS, "window_size": 22}
+"""The classical SRFormer of the paper (``test_SRFormer_DF2Ksrx{2,3,4}.yml``): SwinIR-M's
+layout at window 22."""
 
 
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     """Each block: its (shifted) window, then the ConvFFN's 5x5 depthwise conv."""
     k = {**DEFAULTS, **kwargs}
     ws = k["window_size"]
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for depth in k["depths"]:
-        for j in range(depth):
-            body += [("window", ws, ws // 2 if j % 2 else 0, 0, 0), ("conv", 2)]
-        body.append(resi)
-    return window_radius([("conv", 1), *body, resi, *tail_layout(k["upsampler"], scale)], scale)
-
-
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
+    groups = (
+        [s for j in range(d) for s in (("window", ws, alternate_shift(ws, j), 0, 0), ("conv", 2))] for d in k["depths"]
+    )
+    return frame_radius(groups, k["resi_connection"], k["upsampler"], scale)
 
 
 _BUFFERS = (".aligned_relative_position_index", ".attn_mask")
@@ -265,50 +189,12 @@ _BUFFERS = (".aligned_relative_position_index", ".attn_mask")
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the buffers of the published files (recomputed here; ``attn_mask`` is sized for the
     training patch)."""
-    return {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
-
-
-def _upsampler(sd: Mapping[str, Tensor]) -> str:
-    if "conv_up1.weight" in sd:
-        return "nearest+conv"
-    if "conv_before_upsample.0.weight" in sd:
-        return "pixelshuffle"
-    return "pixelshuffledirect" if "upsample.0.weight" in sd else "none"
-
-
-def _scale(sd: Mapping[str, Tensor], upsampler: str, in_chans: int, num_feat: int) -> int | None:
-    if upsampler == "pixelshuffle":
-        return Upsampler.scale_of(sd, "upsample.", num_feat)
-    if upsampler == "pixelshuffledirect":
-        out = shape(sd, "upsample.0.weight")[0]
-        r = math.isqrt(out // in_chans)
-        return r if r * r * in_chans == out else None
-    if upsampler == "nearest+conv":
-        return 4 if "conv_up2.weight" in sd else 2
-    return 1
+    return drop_buffers(sd, _BUFFERS)
 
 
 def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
-    embed_dim, in_chans = shape(sd, "conv_first.weight")[:2]
-    layers = indices(sd, "layers.", "residual_group.blocks.0.attn.q.weight")
-    block = "layers.0.residual_group.blocks.0."
-    tables = [shape(sd, f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table") for i in layers]
-    upsampler = _upsampler(sd)
-    num_feat = shape(sd, "conv_before_upsample.0.weight")[0] if "conv_before_upsample.0.weight" in sd else 64
-    kwargs = {
-        "in_chans": in_chans,
-        "embed_dim": embed_dim,
-        "depths": [len(indices(sd, f"layers.{i}.residual_group.blocks.", "norm1.weight")) for i in layers],
-        "num_heads": [t[1] for t in tables],
-        "window_size": 2 * window_of_table(tables[0][0]),
-        "mlp_ratio": shape(sd, f"{block}mlp.fc1.weight")[0] / embed_dim,
-        "upsampler": upsampler,
-        "resi_connection": "1conv" if "conv_after_body.weight" in sd else "3conv",
-        "num_feat": num_feat,
-        "patch_norm": "patch_embed.norm.weight" in sd,
-        "qkv_bias": f"{block}attn.q.bias" in sd,
-    }
-    return kwargs, _scale(sd, upsampler, in_chans, num_feat)
+    """SwinIR's reading, with PSA's query projection and its bias table of half the window."""
+    return infer_rstb(sd, "attn.q", "q", window_factor=2, jpeg_range=False)
 
 
 _SIGNATURE = (
@@ -328,7 +214,7 @@ ARCH = register_arch(
         convention="rgb",
         radius=_radius,
         paper="Zhou et al., SRFormer, ICCV 2023",
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         fp16=False,  # unmeasured: a residual stream like SwinIR's, fidelity nets stay fp32
         bf16=False,
         matches=layout_matcher(_SIGNATURE, SRFormer, _infer),

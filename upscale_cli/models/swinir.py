@@ -27,60 +27,51 @@ patch, ``attn_mask``) that are recomputed here: :func:`convert_keys` drops them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .attention import (
+    Blocks,
     PatchEmbed,
+    ResidualGroup,
     SwinBlock,
     WindowSR,
-    residual_conv,
-    residual_radius,
-    shift_mask,
-    tail_layout,
-    to_image,
-    to_tokens,
+    alternate_shift,
+    drop_buffers,
+    frame_radius,
+    window_multiple,
     window_of_table,
-    window_radius,
 )
-from .layers import Upsampler, indices, layout_matcher, shape
+from .layers import Upsampler, indices, layout_matcher, shape, shuffle_scale
 from .registry import Arch, register_arch
 
 
-class BasicLayer(nn.Module):
-    """``depth`` Swin layers, the odd ones on shifted windows (key ``blocks.{j}``)."""
-
-    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, qkv_bias: bool) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            SwinBlock(dim, heads, window, window // 2 if j % 2 else 0, mlp_ratio, qkv_bias) for j in range(depth)
-        )
-
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        for block in self.blocks:
-            x = block(x, h, w, mask)
-        return x
-
-
-class RSTB(nn.Module):
-    """Residual Swin transformer block (Eq. 6): ``x + conv(layers(x))``."""
+class RSTB(ResidualGroup):
+    """Residual Swin transformer block (Eq. 6): ``x + conv(layers(x))``, ``depth`` Swin layers
+    (``block``) whose odd ones are on shifted windows (keys ``residual_group.blocks.{j}``, ``conv``)."""
 
     def __init__(
-        self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, qkv_bias: bool, resi: str
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        window: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        resi: str,
+        block: type[SwinBlock] = SwinBlock,
     ) -> None:
-        super().__init__()
-        self.residual_group = BasicLayer(dim, depth, heads, window, mlp_ratio, qkv_bias)
-        self.conv = residual_conv(dim, resi)
-
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor) -> Tensor:
-        return to_tokens(self.conv(to_image(self.residual_group(x, h, w, mask), h, w))) + x
+        blocks = (block(dim, heads, window, alternate_shift(window, j), mlp_ratio, qkv_bias) for j in range(depth))
+        super().__init__(Blocks(blocks), dim, resi)
 
 
 class SwinIR(WindowSR):
     """SwinIR (Liang et al. 2021, Fig. 2); RGB 0..1 in and out."""
+
+    block: type[SwinBlock] = SwinBlock
+    """The layer of the RSTBs (SRFormer's subclass puts its PSA block there)."""
 
     def __init__(
         self,
@@ -103,21 +94,11 @@ class SwinIR(WindowSR):
         super().__init__(scale, in_chans, embed_dim, upsampler, num_feat, img_range, window_size)
         self.window = window_size
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-        self.layers = nn.ModuleList(
-            RSTB(embed_dim, d, h, window_size, mlp_ratio, qkv_bias, resi_connection) for d, h in zip(depths, num_heads)
+        groups = (
+            RSTB(embed_dim, d, h, window_size, mlp_ratio, qkv_bias, resi_connection, self.block)
+            for d, h in zip(depths, num_heads)
         )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = residual_conv(embed_dim, resi_connection)
-        self.init_weights()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window
-        mask = shift_mask(h, w, ws, ws, ws // 2, ws // 2, x.device)
-        tokens = self.patch_embed(x)
-        for layer in self.layers:
-            tokens = layer(tokens, h, w, mask)
-        return to_image(self.norm(tokens), h, w)
+        self.init_body(groups, embed_dim, resi_connection)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -136,15 +117,8 @@ DEFAULTS: dict[str, Any] = {
 def _radius(kwargs: Mapping[str, Any], scale: int) -> int:
     k = {**DEFAULTS, **kwargs}
     ws = k["window_size"]
-    resi = ("conv", residual_radius(k["resi_connection"]))
-    body = []
-    for depth in k["depths"]:
-        body += [("window", ws, ws // 2 if j % 2 else 0, 0, 0) for j in range(depth)] + [resi]
-    return window_radius([("conv", 1), *body, resi, *tail_layout(k["upsampler"], scale)], scale)
-
-
-def _size_multiple(kwargs: Mapping[str, Any], _scale: int) -> int:
-    return int(kwargs.get("window_size", DEFAULTS["window_size"]))
+    groups = ([("window", ws, alternate_shift(ws, j), 0, 0) for j in range(depth)] for depth in k["depths"])
+    return frame_radius(groups, k["resi_connection"], k["upsampler"], scale)
 
 
 _BUFFERS = (".relative_position_index", ".attn_mask")
@@ -153,10 +127,12 @@ _BUFFERS = (".relative_position_index", ".attn_mask")
 def convert_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the buffers of the published files (recomputed here, and ``attn_mask`` is sized for
     the training patch)."""
-    return {k: v for k, v in sd.items() if not k.endswith(_BUFFERS)}
+    return drop_buffers(sd, _BUFFERS)
 
 
-def _upsampler(sd: Mapping[str, Tensor]) -> str:
+def detect_upsampler(sd: Mapping[str, Tensor]) -> str:
+    """Which of SwinIR's reconstructions (:data:`~.attention.UPSAMPLERS`) a state dict holds, by
+    its keys (SRFormer's and ATD's files too)."""
     if "conv_up1.weight" in sd:
         return "nearest+conv"
     if "conv_before_upsample.0.weight" in sd:
@@ -164,24 +140,32 @@ def _upsampler(sd: Mapping[str, Tensor]) -> str:
     return "pixelshuffledirect" if "upsample.0.weight" in sd else "none"
 
 
-def _scale(sd: Mapping[str, Tensor], upsampler: str, in_chans: int, num_feat: int) -> int | None:
+def upsampler_scale(sd: Mapping[str, Tensor], upsampler: str, in_chans: int, num_feat: int) -> int | None:
+    """The scale of the reconstruction ``upsampler`` of a state dict (None where the shapes do not
+    tell): the sub-pixel steps, the one shuffle's ``r``, the nearest steps, or 1 (SRFormer, DAT
+    and ATD read theirs with it)."""
     if upsampler == "pixelshuffle":
         return Upsampler.scale_of(sd, "upsample.", num_feat)
     if upsampler == "pixelshuffledirect":
-        r = math.isqrt(shape(sd, "upsample.0.weight")[0] // in_chans)
-        return r if r * r * in_chans == shape(sd, "upsample.0.weight")[0] else None
+        return shuffle_scale(shape(sd, "upsample.0.weight")[0], in_chans)
     if upsampler == "nearest+conv":
         return 4 if "conv_up2.weight" in sd else 2
     return 1
 
 
-def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
+def infer_rstb(
+    sd: Mapping[str, Tensor], probe: str, query: str, window_factor: int = 1, jpeg_range: bool = True
+) -> tuple[dict[str, Any], int | None]:
+    """Kwargs and scale of a file of SwinIR's layout: groups found by their first block's
+    ``probe`` key, queries projected by ``attn.{query}`` (its bias tells ``qkv_bias``), the window
+    ``window_factor`` times that of the bias table, and with ``jpeg_range`` the ``img_range`` 255
+    of the window-7 JPEG models (SwinIR: ``norm1``, ``qkv``; SRFormer: ``attn.q``, ``q``, 2, no)."""
     embed_dim, in_chans = shape(sd, "conv_first.weight")[:2]
-    layers = indices(sd, "layers.", "residual_group.blocks.0.norm1.weight")
+    layers = indices(sd, "layers.", f"residual_group.blocks.0.{probe}.weight")
     block = "layers.0.residual_group.blocks.0."
     tables = [shape(sd, f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table") for i in layers]
-    window = window_of_table(tables[0][0])
-    upsampler = _upsampler(sd)
+    window = window_factor * window_of_table(tables[0][0])
+    upsampler = detect_upsampler(sd)
     num_feat = shape(sd, "conv_before_upsample.0.weight")[0] if "conv_before_upsample.0.weight" in sd else 64
     kwargs = {
         "in_chans": in_chans,
@@ -193,11 +177,15 @@ def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
         "upsampler": upsampler,
         "resi_connection": "1conv" if "conv_after_body.weight" in sd else "3conv",
         "num_feat": num_feat,
-        "img_range": 255.0 if window == 7 else 1.0,
-        "patch_norm": "patch_embed.norm.weight" in sd,
-        "qkv_bias": f"{block}attn.qkv.bias" in sd,
     }
-    return kwargs, _scale(sd, upsampler, in_chans, num_feat)
+    if jpeg_range:
+        kwargs["img_range"] = 255.0 if window == 7 else 1.0
+    kwargs |= {"patch_norm": "patch_embed.norm.weight" in sd, "qkv_bias": f"{block}attn.{query}.bias" in sd}
+    return kwargs, upsampler_scale(sd, upsampler, in_chans, num_feat)
+
+
+def _infer(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | None]:
+    return infer_rstb(sd, "norm1", "qkv")
 
 
 _SIGNATURE = (
@@ -217,7 +205,7 @@ ARCH = register_arch(
         convention="rgb",
         radius=_radius,
         paper="Liang et al., SwinIR, ICCVW 2021",
-        size_multiple=_size_multiple,
+        size_multiple=window_multiple(DEFAULTS["window_size"]),
         fp16=False,  # the residual stream of the published SwinIR-M outgrows fp16 (SwinIR #103, #180)
         bf16=False,  # 48-65 dB from fp32 (benchmarks/transformer_tiling.py): off, as for fidelity nets
         matches=layout_matcher(_SIGNATURE, SwinIR, _infer),
