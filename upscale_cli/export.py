@@ -88,9 +88,13 @@ def traced_side(model: LoadedModel, side: int = EXAMPLE_SIDE) -> int:
 
 
 def check_side(model: LoadedModel, side: int) -> tuple[int, int]:
-    """A (height, width) unlike ``side`` x ``side``, both multiples of ``size_multiple``: what checks run at."""
+    """A (height, width) unlike ``side`` x ``side``, both multiples of ``size_multiple``: what checks run at.
+
+    Both are larger than ``side``: some networks pad small inputs inside (OmniSR's ESA needs 15 px),
+    Python control flow that a trace at ``side`` does not keep.
+    """
     m = model.size_multiple
-    return (traced_side(model, side * 3 // 4 + 1), traced_side(model, side + m + 1))
+    return (traced_side(model, side + 1), traced_side(model, side + m + 1))
 
 
 def metadata(model: LoadedModel) -> dict[str, str]:
