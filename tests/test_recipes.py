@@ -15,9 +15,11 @@ import pytest
 from conftest import SET5, TRAIN, need_shared
 from rich.console import Console
 
+from upscale_cli.errors import UsageError
 from upscale_cli.models import Arch, list_archs
 from upscale_cli.train.config import build_config
 from upscale_cli.train.loop import train
+from upscale_cli.train.optim import LRSchedule
 from upscale_cli.train.recipes import RECIPE_KEYS, available, load_recipe, parse_recipe, recipe_for
 
 TRAINABLE = [a for a in list_archs() if a.test_configs]
@@ -119,3 +121,15 @@ def test_a_short_espcn_run_with_its_recipe_beats_bicubic_on_set5(tmp_path: Path)
 
 MARGIN_ESPCN = 0.5
 """dB over bicubic the ESPCN recipe must reach in 1500 steps (it reaches more, see the README)."""
+
+
+def test_step_schedule_halves_at_the_recipes_milestones() -> None:
+    schedule = LRSchedule("step", steps=100, milestones=(0.5, 0.8))
+    assert [schedule(t) for t in (0, 49, 50, 79, 80, 99)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert LRSchedule("step", steps=100)(99) == 0.5**4  # the default: 20/40/60/80 %
+    cfg = build_config({"model": "swinir", "data": ["x"]})
+    assert (cfg.schedule, cfg.milestones, cfg.origins["milestones"]) == ("step", (0.5, 0.8, 0.9, 0.95), "paper")
+    assert build_config({"model": "swinir", "data": ["x"], "milestones": "0.3"}).milestones == (0.3,)
+    for bad in ("0.8,0.5", "1.5", "x"):
+        with pytest.raises(UsageError, match="--milestones"):
+            build_config({"model": "swinir", "data": ["x"], "milestones": bad})

@@ -69,7 +69,13 @@ def train(
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate." + _default("lr")),
     optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd." + _default("optimizer")),
     schedule: str | None = typer.Option(
-        None, "--schedule", help="cosine, step (halved at 20/40/60/80 %) or none." + _default("schedule")
+        None, "--schedule", help="cosine, step (halved at --milestones) or none." + _default("schedule")
+    ),
+    milestones: str | None = typer.Option(
+        None,
+        "--milestones",
+        help="step schedule: fractions of the steps where the rate halves, e.g. 0.5,0.8,0.9,0.95."
+        + _default("milestones"),
     ),
     warmup: int | None = typer.Option(None, "--warmup", help="Linear warm-up steps." + _default("warmup")),
     grad_clip: float | None = typer.Option(
@@ -151,6 +157,7 @@ def train(
         "lr": lr,
         "optimizer": optimizer,
         "schedule": schedule,
+        "milestones": milestones,
         "warmup": warmup,
         "grad_clip": grad_clip,
         "grad_clip_mode": grad_clip_mode,

@@ -128,6 +128,7 @@ class TrainConfig:
     lr: float = 2e-4
     optimizer: str = "adam"
     schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     warmup: int = 0
     grad_clip: float = 0.0
     grad_clip_mode: str = "norm"
@@ -174,6 +175,7 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["loss"] = format_losses(self.loss)
         out["scale"] = list(self.scale)
+        out["milestones"] = list(self.milestones)
         out["data"] = list(self.data)
         out["model_kwargs"] = dict(self.model_kwargs)
         del out["recipe"], out["origins"]  # how the options were found (model.json), not options
@@ -235,6 +237,18 @@ def parse_scales(value: Any) -> tuple[int, ...]:
     return scales
 
 
+def parse_milestones(value: Any, origin: str = "--milestones") -> tuple[float, ...]:
+    """``"0.5,0.8"`` or ``[0.5, 0.8]`` -> ``(0.5, 0.8)``: increasing fractions in (0, 1)."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        out = tuple(float(str(p).strip()) for p in parts if str(p).strip())
+    except ValueError:
+        raise UsageError(f"{origin}: expected fractions such as 0.5,0.8, got {value!r}") from None
+    if not out or any(not 0 < m < 1 for m in out) or list(out) != sorted(set(out)):
+        raise UsageError(f"{origin}: expected increasing fractions in (0, 1), got {value!r}")
+    return out
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The options of a TOML config file, keys normalised to the dataclass names."""
     p = Path(path)
@@ -259,6 +273,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         return parse_losses(value)
     if name == "scale":
         return parse_scales(value)
+    if name == "milestones":
+        return parse_milestones(value, origin)
     if name == "data":
         items = [value] if isinstance(value, (str, Path)) else list(value)
         return tuple(str(v) for v in items)

@@ -269,7 +269,7 @@ class Trainer:
             c = self.choice
             self.views = {s: LoadedModel(c.name, c.arch, self.gnet, s, c.kwargs) for s in c.scales}
         self.opt = make_optimizer(cfg.optimizer, self.net.parameters(), cfg.lr)
-        self.sched = make_scheduler(self.opt, cfg.schedule, cfg.steps, cfg.warmup)
+        self.sched = make_scheduler(self.opt, cfg.schedule, cfg.steps, cfg.warmup, cfg.milestones)
         self.precision: Precision = resolve(cfg.precision, self.device, self.choice.arch)
         self.scaler = self.precision.scaler()
 
@@ -278,7 +278,7 @@ class Trainer:
             hr_patches = [cfg.patch_size * s for s in self.choice.scales]
             self.disc = make_discriminator(cfg.discriminator, hr_patches).to(self.device)
             self.opt_d = make_optimizer(cfg.optimizer, self.disc.parameters(), cfg.lr)
-            self.sched_d = make_scheduler(self.opt_d, cfg.schedule, cfg.steps, cfg.warmup)
+            self.sched_d = make_scheduler(self.opt_d, cfg.schedule, cfg.steps, cfg.warmup, cfg.milestones)
             self.scaler_d = self.precision.scaler()
 
         self.step = 0
@@ -503,6 +503,7 @@ class Trainer:
             "lr": cfg.lr,
             "optimizer": cfg.optimizer,
             "schedule": cfg.schedule,
+            "milestones": list(cfg.milestones),
             "warmup": cfg.warmup,
             "grad_clip": cfg.grad_clip,
             "grad_clip_mode": cfg.grad_clip_mode,

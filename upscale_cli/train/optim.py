@@ -9,8 +9,9 @@ Schedules multiply ``--lr`` by a factor of the step ``t`` (0-based):
 * warm-up: ``(t + 1) / warmup`` for ``t < warmup`` (Goyal et al. 2017, linear warm-up);
 * ``cosine``: ``(1 + cos(pi * u)) / 2`` with ``u`` the fraction of post-warm-up steps done
   (Loshchilov & Hutter, SGDR, ICLR 2017, Eq. 5 with one cycle and eta_min = 0);
-* ``step``: halved at 20 %, 40 %, 60 % and 80 % of the post-warm-up steps (the "halve every
-  fixed number of updates" schedule of EDSR and ESRGAN);
+* ``step``: halved at each of the ``milestones``, fractions of the post-warm-up steps (default
+  20 %, 40 %, 60 % and 80 %; a recipe gives its paper's, e.g. SwinIR's 250k, 400k, 450k and 475k
+  of 500k as 0.5, 0.8, 0.9, 0.95): the "halve at fixed updates" schedule of EDSR and ESRGAN;
 * ``none``: constant.
 """
 
@@ -26,6 +27,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..errors import UsageError
+
+DEFAULT_MILESTONES = (0.2, 0.4, 0.6, 0.8)
+"""Where ``step`` halves the rate, as fractions of the post-warm-up steps, unless told otherwise."""
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> Optimizer:
@@ -47,6 +51,7 @@ class LRSchedule:
     schedule: str
     steps: int
     warmup: int = 0
+    milestones: tuple[float, ...] = DEFAULT_MILESTONES
 
     def __call__(self, t: int) -> float:
         if t < self.warmup:
@@ -56,11 +61,13 @@ class LRSchedule:
         if self.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * u))
         if self.schedule == "step":
-            return 0.5 ** min(4, math.floor(5 * u))
+            return 0.5 ** sum(u >= m for m in self.milestones)
         return 1.0
 
 
-def make_scheduler(optimizer: Optimizer, schedule: str, steps: int, warmup: int) -> LambdaLR:
+def make_scheduler(
+    optimizer: Optimizer, schedule: str, steps: int, warmup: int, milestones: tuple[float, ...] = DEFAULT_MILESTONES
+) -> LambdaLR:
     """A :class:`LambdaLR` applying :class:`LRSchedule`; call ``step()`` once per training step.
 
     The factor is wrapped in a plain function, which :class:`LambdaLR` leaves out of its state:
@@ -68,5 +75,5 @@ def make_scheduler(optimizer: Optimizer, schedule: str, steps: int, warmup: int)
     """
     if schedule not in ("cosine", "step", "none"):
         raise UsageError(f"--schedule: {schedule!r} is not one of cosine, step, none")
-    factor = LRSchedule(schedule, steps, warmup)
+    factor = LRSchedule(schedule, steps, warmup, tuple(milestones))
     return LambdaLR(optimizer, lambda t: factor(t))

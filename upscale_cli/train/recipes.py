@@ -32,6 +32,7 @@ RECIPE_KEYS = (
     "optimizer",
     "lr",
     "schedule",
+    "milestones",
     "warmup",
     "steps",
     "loss",
