@@ -11,7 +11,7 @@ alone, and a reduced width where the paper's network is too heavy for a CPU (``W
 passed as ``--model FAMILY:key=value``).  A recipe's larger batch or patch is capped: that
 changes the step's cost, not the recipe.  Each family must beat bicubic by ``MARGIN`` dB.
 
-    python benchmarks/train_defaults.py [--family NAME ...] [--steps 1500] [--json out.json]
+    python benchmarks/train_defaults.py [--family NAME ...] [--steps 1500] [--json out.json] [--extra "--lr 1e-3"]
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def set5(env: dict[str, str], scale: int, *model: str) -> float:
     return float(json.loads(_run(cmd, env).stdout)["rows"][0]["psnr"])
 
 
-def train_one(family: str, scale: int, steps: int, work: Path, env: dict[str, str]) -> dict:
-    """Train ``family`` with its recipe for ``steps`` and score it on Set5."""
+def train_one(family: str, scale: int, steps: int, work: Path, env: dict[str, str], extra: list[str]) -> dict:
+    """Train ``family`` with its recipe for ``steps`` (and the ``extra`` flags) and score it on Set5."""
     from upscale_cli.train.recipes import recipe_for
 
     recipe = recipe_for(family)
@@ -120,13 +120,14 @@ def train_one(family: str, scale: int, steps: int, work: Path, env: dict[str, st
         cmd += ["--batch-size", str(batch)]
     if patch < recipe.values.get("patch_size", 48):
         cmd += ["--patch-size", str(patch)]
+    cmd += extra
     start = time.perf_counter()
     _run(cmd, env)
     seconds = time.perf_counter() - start
     psnr = set5(env, scale, "--weights", str(out / "model.safetensors"))
     return {"family": family, "model": model, "scale": scale, "steps": steps, "seconds": round(seconds, 1),
             "batch": batch, "patch": patch, "psnr": round(psnr, 3),
-            "recipe": f"{recipe.name} ({recipe.source})"}  # fmt: skip
+            "recipe": f"{recipe.name} ({recipe.source})", "extra": " ".join(extra)}  # fmt: skip
 
 
 def main() -> None:
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--extra", default="", help="more `upscale train` flags, to try a change to a recipe")
     args = parser.parse_args()
     if not T91.is_dir():
         sys.exit(f"{T91}: the training images are not here")
@@ -150,7 +152,7 @@ def main() -> None:
             if scale not in bicubic:
                 bicubic[scale] = set5(env, scale, "--model", "bicubic")
             try:
-                row = train_one(family, scale, args.steps, work, env)
+                row = train_one(family, scale, args.steps, work, env, args.extra.split())
             except RuntimeError as err:
                 print(f"| {family} x{scale} | {args.steps} | - | failed: {err} | | | | no |", flush=True)
                 continue

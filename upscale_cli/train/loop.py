@@ -216,6 +216,8 @@ def _show(key: str, value: Any) -> str:
         return format_losses(value)
     if value is None:
         return "auto"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
