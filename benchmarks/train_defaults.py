@@ -79,9 +79,10 @@ def families(only: list[str] | None) -> list[tuple[str, int]]:
     from upscale_cli.models import list_archs
     from upscale_cli.train.recipes import available
 
+    recipes = set(available())
     out = []
     for arch in list_archs():
-        if (arch.recipe or arch.name) not in available() or (only and arch.name not in only):
+        if (arch.recipe or arch.name) not in recipes or (only and arch.name not in only):
             continue
         scale = 4 if arch.name == "enhancenet" else 2  # EnhanceNet exists at x4 only
         out.append((arch.name, scale))

@@ -243,6 +243,17 @@ def get_spec(name: str) -> ModelSpec:
     return _MODELS[_ALIASES[key]]
 
 
+def family_of(name: str) -> Arch:
+    """The family of a named model, or of a family, alias or variant name (raises :class:`UsageError`,
+    naming the closest models, when it is neither)."""
+    key = _key(name)
+    if key in _ALIASES:
+        return _ARCHS[_key(_MODELS[_ALIASES[key]].arch)]
+    if key in _ARCH_NAMES:
+        return _ARCHS[_ARCH_NAMES[key][0]]
+    raise _unknown("model", name, sorted(_ALIASES))
+
+
 def list_archs() -> list[Arch]:
     """Every registered family, in registration order."""
     return list(_ARCHS.values())

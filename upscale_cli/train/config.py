@@ -47,6 +47,9 @@ GRAD_CLIP_MODES = ("norm", "adjustable")
 ``[-theta/lr, theta/lr]`` with ``theta = --grad-clip`` (VDSR's adjustable clipping)."""
 DISCRIMINATORS = ("vgg", "srgan")
 """``--discriminator`` of GAN mode: ESRGAN's VGG-style network or SRGAN's (96x96 HR patches)."""
+DEFAULT_MILESTONES = (0.2, 0.4, 0.6, 0.8)
+"""Where the ``step`` schedule halves the rate, as fractions of the post-warm-up steps, unless a
+recipe, the TOML file or ``--milestones`` says otherwise."""
 RESIZE_METHODS = ("cubic", "lanczos3", "bilinear", "area", "nearest")
 """Downscale methods a degradation may draw from: the :func:`~upscale_cli.resize.imresize`
 kernels ``cubic``, ``lanczos3``, ``nearest``; torch's antialiased ``bilinear``; ``area`` (the
@@ -128,7 +131,7 @@ class TrainConfig:
     lr: float = 2e-4
     optimizer: str = "adam"
     schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    milestones: tuple[float, ...] = DEFAULT_MILESTONES
     warmup: int = 0
     grad_clip: float = 0.0
     grad_clip_mode: str = "norm"

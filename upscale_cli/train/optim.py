@@ -27,9 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..errors import UsageError
-
-DEFAULT_MILESTONES = (0.2, 0.4, 0.6, 0.8)
-"""Where ``step`` halves the rate, as fractions of the post-warm-up steps, unless told otherwise."""
+from .config import DEFAULT_MILESTONES
 
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> Optimizer:

@@ -26,7 +26,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (PEP 680)
     import tomli as tomllib
 
-from ..errors import UsageError
 
 RECIPE_KEYS = (
     "optimizer",
@@ -107,14 +106,7 @@ def recipe_for(model: str) -> Recipe | None:
     Raises:
         UsageError: ``model`` names nothing in the registry.
     """
-    from ..models import get_arch, get_spec, resolve_arch, split_overrides
+    from ..models import family_of, split_overrides
 
-    text = split_overrides(model, "--model")[0]
-    try:
-        arch = get_arch(get_spec(text).arch)
-    except UsageError as err:
-        try:
-            arch = resolve_arch(text)[0]
-        except UsageError:
-            raise err from None
+    arch = family_of(split_overrides(model, "--model")[0])
     return load_recipe(arch.recipe or arch.name)
