@@ -259,6 +259,17 @@ register_model(
         "(an MXNet conversion of it)",
     )
 )
+for _scale in (3, 4):
+    register_model(
+        ModelSpec(
+            name=f"carn-x{_scale}",
+            arch="carn",
+            kwargs={"mobile": False, "group": 1, "single_scale": _scale},
+            scales=(_scale,),
+            description=f"CARN (Ahn et al. 2018) x{_scale}, in-house: the authors' body (carn-x2) with a "
+            f"trained x{_scale} upsampler (recipes/inhouse/targets.toml)",
+        )
+    )
 register_model(
     ModelSpec(
         name="carn-m",

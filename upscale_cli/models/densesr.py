@@ -143,7 +143,7 @@ register_model(
         arch="densesr",
         kwargs={"feats": 32, "growth": 16, "layers": 14},
         scales=(2, 4, 8),
-        description="DenseSR: CBL + Dense-14 + two stride-1/2 transposed convs, high-pass residual loss (first seed paper); trainable, no public weights",
-        trainable_only=True,
+        description="DenseSR: CBL + Dense-14 + two stride-1/2 transposed convs, high-pass residual loss (first seed paper); "
+        "in-house x4 weights (recipes/inhouse/targets.toml)",
     )
 )

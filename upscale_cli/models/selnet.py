@@ -108,7 +108,7 @@ register_model(
         arch="selnet",
         kwargs={"units": 10, "feats": 64},
         scales=(2, 3, 4),
-        description="SelNet: 22 conv layers with selection units, sub-pixel output (Choi and Kim 2017); trainable, no public weights",
-        trainable_only=True,
+        description="SelNet: 22 conv layers with selection units, sub-pixel output (Choi and Kim 2017); "
+        "in-house x2 weights (recipes/inhouse/targets.toml)",
     )
 )
