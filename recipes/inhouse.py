@@ -24,10 +24,11 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from upscale_cli.train.config import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = Path(__file__).parent / "inhouse" / "targets.toml"
