@@ -30,6 +30,9 @@ from typing import Any
 
 from upscale_cli.train.config import tomllib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reproduce_classic import cpu_flags, cpu_name  # noqa: E402  (the benchmarks' own CPU report)
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = Path(__file__).parent / "inhouse" / "targets.toml"
 WEIGHTS_DIR = REPO / "upscale_cli" / "weights"
@@ -83,14 +86,7 @@ def finished(out: Path) -> bool:
 
 def cpu_description() -> str:
     """The CPU's model name and the bf16/AVX flags that matter for the figures."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown CPU"
-    name = next((ln.partition(":")[2].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
-    flags = next((ln.split() for ln in lines if ln.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({' '.join(wanted) or 'no AVX2'})"
+    return f"{cpu_name()} ({cpu_flags()})"
 
 
 def _launch(name: str, target: Mapping[str, Any], opts: Mapping[str, Any], args: argparse.Namespace, threads: int):
