@@ -44,7 +44,7 @@ def main() -> None:
         kwargs=kwargs,
         scales=(args.scale,),
         scale=args.scale,
-        convention="rgb",
+        convention=loaded.convention,
         extra={"body_from": args.source, "new_branch": f"up{args.scale}"},
     )
     print(f"{args.target}: sha256 {digest}")

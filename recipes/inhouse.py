@@ -30,10 +30,10 @@ from typing import Any
 
 from upscale_cli.train.config import tomllib
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 from reproduce_classic import cpu_flags, cpu_name  # noqa: E402  (the benchmarks' own CPU report)
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = Path(__file__).parent / "inhouse" / "targets.toml"
 WEIGHTS_DIR = REPO / "upscale_cli" / "weights"
 MANIFEST = REPO / "weights_manifest.json"
@@ -180,7 +180,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     import torch
 
     from upscale_cli.models import get_spec
-    from upscale_cli.weights import read_checkpoint, save_weights
+    from upscale_cli.weights import atomic_path, read_checkpoint, save_weights
     from upscale_cli.train.export import manifest_entry
 
     common, targets = load_targets()
@@ -228,9 +228,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         s5, s14 = measured[scale]["Set5"], measured[scale]["Set14"]
         print(f"{spec.name} x{scale}: {file} {size} bytes, Set5 {s5['psnr']:.2f} / {s5['ssim']:.4f}, "
               f"Set14 {s14['psnr']:.2f} / {s14['ssim']:.4f}, fp16 storage {cost:+.3f} dB")  # fmt: skip
-    tmp = MANIFEST.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(MANIFEST)
+    with atomic_path(MANIFEST) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
