@@ -48,7 +48,7 @@ WIDTH: dict[str, str] = {
     "realplksr": "dim=16,n_blocks=2,kernel_size=7",
     "rcan": "n_resgroups=2,n_resblocks=2,n_feats=32",
     "rgt": "embed_dim=24,depth=[2,2],num_heads=[2,2],split_size=[4,8],num_feat=32",
-    "rrdbnet": "num_feat=16,num_block=1,num_grow_ch=8",
+    "rrdbnet": "num_feat=16,num_block=1,num_grow_ch=8,unshuffle=1",
     "selnet": "units=4,feats=32",
     "span": "feature_channels=16,num_blocks=2",
     "srformer": "embed_dim=24,depths=[2,2],num_heads=[2,2],window_size=8,upsampler='pixelshuffledirect'",

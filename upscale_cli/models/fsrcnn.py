@@ -5,7 +5,9 @@ FSRCNN(d, s, m) (Sec. 3.1-3.2, Fig. 2) on the luminance channel, all at low reso
 last layer: feature extraction ``Conv(5, d, 1)``, shrinking ``Conv(1, s, d)``, ``m`` mapping
 layers ``Conv(3, s, s)``, expanding ``Conv(1, d, s)``, each followed by a PReLU (Eq. 1, one slope
 per channel), then deconvolution ``DeConv(9, 1, d)`` with stride ``scale`` (Sec. 3.2).  The
-paper's best setting is FSRCNN(56, 12, 4).
+paper's best setting is FSRCNN(56, 12, 4).  Initialisation as Sec. 4.1: He et al.'s for the
+PReLU convolutions (the backward, fan-out form), a zero-mean Gaussian of std 0.001 for the
+deconvolution (as SRCNN's).
 
 Input and output: the BT.601 Y channel in 0..1 (convention ``y``).  Key layout = yjn870/
 FSRCNN-pytorch (``models.py``): ``first_part.{0,1}``, ``mid_part.{0..2m+3}``, ``last_part``.
@@ -18,10 +20,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layers import conv, has, indices, receptive_radius, shape
+from .layers import conv, has, he_init_, indices, receptive_radius, shape
 from .registry import Arch, ModelSpec, register_arch, register_model
 
 KERNEL = 9  # deconvolution size (Sec. 3.2)
+PRELU_SLOPE = 0.25  # PyTorch's (and He et al.'s) initial PReLU slope
+DECONV_STD = 1e-3  # the deconvolution's initial weights (Sec. 4.1)
 
 
 class FSRCNN(nn.Module):
@@ -39,6 +43,8 @@ class FSRCNN(nn.Module):
         self.last_part = nn.ConvTranspose2d(
             d, 1, KERNEL, stride=scale, padding=KERNEL // 2, output_padding=scale - 1
         )
+        he_init_(self, PRELU_SLOPE, mode="fan_out")
+        nn.init.normal_(self.last_part.weight, 0.0, DECONV_STD)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last_part(self.mid_part(self.first_part(x)))

@@ -290,13 +290,14 @@ def mean_shift_kwargs(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int | N
         kwargs["rgb_range"] = rgb_range
     return kwargs, Upsampler.scale_of(sd, "tail.0.", feats)
 
-def he_init_(module: nn.Module, negative_slope: float = 0.0) -> nn.Module:
+def he_init_(module: nn.Module, negative_slope: float = 0.0, mode: str = "fan_in") -> nn.Module:
     """He et al. (ICCV 2015) normal initialisation of every (transposed) conv weight for a
     (leaky) ReLU network, zero biases - the "msra" filler of the Caffe/MatConvNet releases of
-    VDSR, DRRN, MemNet and LapSRN.  Returns ``module``."""
+    VDSR, DRRN, MemNet and LapSRN.  ``mode`` "fan_out" is the paper's backward-pass condition
+    (Sec. 2.2), which it shows suffices as well.  Returns ``module``."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(layer.weight, a=negative_slope, nonlinearity="leaky_relu")
+            nn.init.kaiming_normal_(layer.weight, a=negative_slope, mode=mode, nonlinearity="leaky_relu")
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     return module
