@@ -415,3 +415,15 @@ def test_mdsr_has_the_official_keys_and_computes_the_published_forward() -> None
             torch.testing.assert_close(out, _mdsr_reference(fresh, x, k), rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError):
         net(x, 8)
+
+
+def test_fsrcnn_starts_from_the_papers_initialisation() -> None:
+    """FSRCNN Sec. 4.1: He et al.'s (fan-out) for the convolutions, N(0, 0.001) for the deconvolution."""
+    torch.manual_seed(0)
+    net = create_model("fsrcnn", 2)
+    deconv = net.last_part.weight
+    assert abs(float(deconv.std()) - 1e-3) < 1e-4
+    first = net.first_part[0].weight  # 56 filters of 5x5: fan-out 56 * 25
+    expected = (2.0 / (1 + 0.25**2) / (56 * 25)) ** 0.5
+    assert abs(float(first.std()) / expected - 1) < 0.1
+    assert all(float(m.bias.abs().max()) == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
