@@ -143,15 +143,16 @@ def test_shipped_inhouse_files_fit_the_package_budget() -> None:
 
 @pytest.mark.parametrize("name,scale", SHIPPED)
 def test_shipped_inhouse_weights_reproduce_their_manifest_table(name: str, scale: int) -> None:
-    """Scored by name (the package file, verified), on Set5 and Set14: the entry's figures, and
-    above bicubic on both."""
-    from test_bench import bench_json, by_key, off_reference
+    """Scored by name (the package file, verified) on Set5: the entry's figures, and above
+    bicubic.  Set5 pins the file and the network's code; the entry's Set14 figures were measured
+    by ``publish`` from this same file (its sha256 is checked above), and Set14 would cost MemNet,
+    which runs at HR size, six minutes of the suite."""
+    from test_bench import BICUBIC, bench_json, by_key, off_reference
 
     entry = manifest_entries(name)[scale]
-    rows = bench_json("--set", str(need_shared(SET5)), "--set", str(need_shared(SET14)), "--model", name,
-                      "--scale", str(scale))  # fmt: skip
-    reference = {(s, scale): (entry["measured"][s]["psnr"], entry["measured"][s]["ssim"]) for s in ("Set5", "Set14")}
+    rows = bench_json("--set", str(need_shared(SET5)), "--model", name, "--scale", str(scale))
+    measured = entry["measured"]["Set5"]
+    reference = {("Set5", scale): (measured["psnr"], measured["ssim"])}
     assert off_reference(rows, name, reference, 0.01, 0.0001) == []
-    bicubic = by_key(rows, "bicubic")
-    for key, (psnr, _) in reference.items():
-        assert psnr > bicubic[key]["psnr"] + 0.3, key
+    assert measured["psnr"] > by_key(rows, "bicubic")["Set5", scale]["psnr"] + 0.3
+    assert entry["measured"]["Set14"]["psnr"] > BICUBIC["Set14", scale][0] + 0.3

@@ -74,6 +74,19 @@ def test_named_model_offline_and_not_cached() -> None:
         load_model("fsrcnn", 2)
 
 
+def test_an_unreachable_model_names_its_twin_in_the_package() -> None:
+    """EDSR-baseline x2 from the authors' host, offline: the message offers the in-house weights
+    of the same network; at x3, where no such twin ships, it offers none."""
+    with pytest.raises(WeightsError, match=r"edsr_baseline_x2.*offline.*or use edsr-baseline-291, the same network"):
+        load_model("edsr-baseline", 2)
+    with pytest.raises(WeightsError, match=r"edsr_baseline_x3") as err:
+        load_model("edsr-baseline", 3)
+    assert "or use" not in str(err.value)
+    twin = load_model("edsr-baseline-291", 2)
+    assert twin.source.endswith("weights/edsr-baseline-x2.safetensors")
+    assert twin.params == load_model("edsr-baseline", 2, pretrained=False).params
+
+
 def test_classical_models_need_no_weights() -> None:
     m = load_model("bicubic", 3)
     assert (m.source, m.params, m.scale) == ("none", 0, 3)

@@ -37,7 +37,7 @@ from rich.console import Console
 from . import __version__
 from .errors import UsageError, WeightsError
 from .files import atomic_path
-from .weights import manifest_entry, sha256_file
+from .weights import load_manifest, manifest_entry, sha256_file
 
 CHUNK = 1 << 16
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
@@ -820,4 +820,28 @@ def resolve_weights(name: str | None, scale: int | None, weights: str | None = N
                 f"--weights FILE, or train one with `upscale train {spec.name} --scale {scale}`"
             )
         raise WeightsError(f"{spec.name} x{scale}: no weights listed in the manifest; pass --weights FILE")
-    return resolve_entry(entry, f"{spec.name} x{scale}", progress)
+    try:
+        return resolve_entry(entry, f"{spec.name} x{scale}", progress)
+    except WeightsError as err:
+        twins = packaged_twins(spec.name, scale)
+        if not twins:
+            raise
+        raise WeightsError(
+            f"{err}; or use {' or '.join(twins)}, the same network with in-house weights in the package"
+        ) from None
+
+
+def packaged_twins(name: str, scale: int) -> list[str]:
+    """The other models whose manifest entry at ``scale`` ships in the package and has the same
+    architecture and hyperparameters as model ``name``: what to run when its host is unreachable."""
+    from .models import get_spec
+
+    spec = get_spec(name)
+    twins = []
+    for other, entries in load_manifest()["models"].items():
+        entry = entries.get(str(scale))
+        if other == spec.name or entry is None or not any("package" in s for s in entry["sources"]):
+            continue
+        if entry["arch"] == spec.arch and entry.get("kwargs", {}) == dict(spec.kwargs):
+            twins.append(other)
+    return twins

@@ -96,6 +96,16 @@ register_model(
 )
 register_model(
     ModelSpec(
+        name="edsr-baseline-291",
+        arch="edsr",
+        kwargs={"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},
+        scales=(2,),
+        description="EDSR baseline (Lim et al. 2017) x2, in-house weights trained on T91 + BSD200, "
+        "shipped in the package (recipes/inhouse/targets.toml)",
+    )
+)
+register_model(
+    ModelSpec(
         name="edsr",
         arch="edsr",
         kwargs={"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1},

@@ -148,7 +148,7 @@ register_model(
         kwargs={"blocks": 6, "recursions": 6, "feats": 64, "multi_supervised": False},
         scales=(2, 3, 4),
         aliases=("memnet-m6r6",),
-        description="MemNet M6R6 (80 layers): memory blocks of recursive units and 1x1 gates (Tai et al. 2017); trainable, no public weights",
-        trainable_only=True,
+        description="MemNet M6R6 (80 layers): memory blocks of recursive units and 1x1 gates (Tai et al. 2017); "
+        "in-house x2 weights (recipes/inhouse/targets.toml)",
     )
 )
