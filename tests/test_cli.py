@@ -268,6 +268,15 @@ def test_subcommand_dispatch_and_python_m(tmp_path: Path) -> None:
     assert json.loads(res.stdout)[0]["name"] == "default"  # the default model is listed first
 
 
+def test_help_keeps_the_extras_brackets_in_install_hints() -> None:
+    """Rich markup would eat ``[plot]`` in ``pip install 'upscale-cli[plot]'`` and leave a wrong command."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "240"}
+    res = subprocess.run([sys.executable, "-m", "upscale_cli", "bench", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'upscale-cli[plot]'" in res.stdout
+
+
 def test_unavailable_weights_exit_3_with_one_line(tmp_path: Path, capfd) -> None:
     """Offline (conftest sets HF_HUB_OFFLINE) with nothing cached: exit 3, one line naming the file."""
     src = make_png(tmp_path / "a.png")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
@@ -382,7 +383,7 @@ def bench(
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or markdown."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the result to FILE instead of stdout."),
     plot_file: Path = typer.Option(
-        None, "--plot", help=f"Draw quality against speed to FILE.png (needs matplotlib: {PLOT_HINT})."
+        None, "--plot", help=f"Draw quality against speed to FILE.png (needs matplotlib: {escape(PLOT_HINT)})."
     ),
     metric: str = typer.Option("psnr,ssim", "--metric", help="psnr, ssim, alexsim, lpips; comma separated."),
     alexnet_weights: Path = typer.Option(
