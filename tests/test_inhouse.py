@@ -25,6 +25,10 @@ inhouse = importlib.util.module_from_spec(_spec)
 sys.modules["inhouse"] = inhouse
 _spec.loader.exec_module(inhouse)
 
+_spec = importlib.util.spec_from_file_location("carn_branch", REPO / "recipes" / "carn_branch.py")
+carn_branch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(carn_branch)
+
 COMMON, TARGETS = inhouse.load_targets()
 MANIFEST = json.loads((REPO / "weights_manifest.json").read_text(encoding="utf-8"))
 SCHEMA = json.loads((REPO / "upscale_cli" / "manifest_schema.json").read_text(encoding="utf-8"))
@@ -58,6 +62,27 @@ def test_each_target_is_a_valid_training_run_in_each_budget(name: str) -> None:
             cfg = build_config({k.replace("-", "_"): v for k, v in opts.items()})
             assert cfg.scale == tuple(scales) and cfg.steps == target[budget]["steps"]
             assert cfg.recipe is not None, f"{name} trains with its family's recipe"
+
+
+def test_the_carn_x3_and_x4_branches_start_from_the_x2_one() -> None:
+    """x3 sub-pixels copy the nearest x2 sub-pixel (the mean of two halfway); x4's two stages are x2's conv."""
+    torch.manual_seed(0)
+    w2, b2 = torch.randn(16, 4, 3, 3), torch.randn(16)
+    sd = {"upsample.up2.body.0.weight": w2, "upsample.up2.body.0.bias": b2}
+    x4 = carn_branch.branch_from_x2(sd, 4)
+    assert all(torch.equal(x4[f"upsample.up4.body.{i}.weight"], w2) for i in (0, 3))
+    assert torch.equal(x4["upsample.up4.body.3.bias"], b2)
+    x3 = carn_branch.branch_from_x2(sd, 3)
+    feats = torch.randn(1, 4, 5, 6)
+    conv = torch.nn.functional.conv2d
+    y2 = torch.nn.functional.pixel_shuffle(conv(feats, w2, b2, padding=1), 2)
+    w3, b3 = x3["upsample.up3.body.0.weight"], x3["upsample.up3.body.0.bias"]
+    y3 = torch.nn.functional.pixel_shuffle(conv(feats, w3, b3, padding=1), 3)
+    assert y3.shape == (1, 4, 15, 18)
+    torch.testing.assert_close(y3[..., 0::3, 0::3], y2[..., 0::2, 0::2])
+    torch.testing.assert_close(y3[..., 2::3, 2::3], y2[..., 1::2, 1::2])
+    torch.testing.assert_close(y3[..., 0::3, 1::3], (y2[..., 0::2, 0::2] + y2[..., 0::2, 1::2]) / 2)
+    torch.testing.assert_close(y3[..., 1::3, 2::3], (y2[..., 0::2, 1::2] + y2[..., 1::2, 1::2]) / 2)
 
 
 def test_the_train_command_resumes_and_stops_where_told(tmp_path: Path) -> None:

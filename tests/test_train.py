@@ -473,6 +473,13 @@ def test_ddp_process_without_a_gpu_is_a_usage_error(monkeypatch: pytest.MonkeyPa
         ddp.setup(ddp.DistContext(rank=1, world=2, local_rank=1), torch.device("cuda"))
 
 
+def test_model_json_records_the_precision_the_run_trained_in(tmp_path: Path, edge_files: list[str]) -> None:
+    """An explicit bf16 run says so in model.json, as an fp32 one does (the figures depend on it)."""
+    result = run_train(tmp_path / "run", data=edge_files, steps=2, precision="bf16")
+    info = json.loads((result.out_dir / "model.json").read_text())
+    assert info["training"]["precision"] == "bf16"
+
+
 def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[str]) -> None:
     import jsonschema
 
@@ -484,6 +491,7 @@ def test_export_reloads_with_identical_outputs(tmp_path: Path, edge_files: list[
         "carn-m", "carn", [3, 2], 3, "rgb"
     )
     assert info["training"]["steps"] == 3 and info["training"]["weights"] == "ema"
+    assert info["training"]["precision"] == "fp32"
     ema = load_checkpoint(result.out_dir / "checkpoint.pt")["ema"]["module"]
     net = create_model("carn-m", 2)
     net.load_state_dict(ema)

@@ -514,6 +514,7 @@ class Trainer:
             "seed": self.seed,
             "weights": "ema" if self.ema is not None else "model",
             "ema": cfg.ema or None,
+            "precision": self.precision.name,
             "degradation": cfg.to_dict()["degradation"],
             "init": cfg.init,
         }
