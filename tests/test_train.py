@@ -336,7 +336,8 @@ def test_espcn_x2_trained_200_steps_beats_bicubic_by_1db(tmp_path: Path, edge_fi
     # validation used bench's protocol on the same crops, and the best weights were exported
     info = json.loads((result.out_dir / "model.json").read_text())
     assert info["validation"]["step"] in (100, 200)
-    assert info["validation"]["psnr"] == pytest.approx(np.mean(sr_psnr), abs=1e-6)
+    # the same weights; the kernels may sum in another order (1.03e-6 dB apart on an AMX Xeon)
+    assert info["validation"]["psnr"] == pytest.approx(np.mean(sr_psnr), abs=1e-4)
     assert info["validation"]["psnr"] == max(
         r["val_psnr"] for r in read_log(result.out_dir / "log.jsonl") if "val_psnr" in r
     )

@@ -157,7 +157,7 @@ register_model(
         arch="btsrn",
         kwargs={"lr_blocks": 6, "hr_blocks": 4, "feats": 128, "bottleneck": 64},
         scales=(2, 3, 4),
-        description="BTSRN: LR stage of 6 PConv blocks, NN + deconv upsampling, HR stage of 4 (Fan et al. 2017); trainable, no public weights",
-        trainable_only=True,
+        description="BTSRN: LR stage of 6 PConv blocks, NN + deconv upsampling, HR stage of 4 (Fan et al. 2017); "
+        "in-house x4 weights (recipes/inhouse/targets.toml)",
     )
 )
