@@ -163,14 +163,14 @@ def _bench(weights: Path, scales: list[int], data_dir: str) -> dict[int, dict[st
     }
 
 
-def _notes(info: Mapping[str, Any], spent: Mapping[str, Any], fp16_cost: float, precision: str) -> str:
+def _notes(info: Mapping[str, Any], spent: Mapping[str, Any], fp16_cost: float) -> str:
     t = info["training"]
     where = "one lent GPU" if spent.get("device") == "cuda" else f"the CPU, {spent['cpu']}"
     return (
         f"In-house weights, trained with `python recipes/inhouse.py train` (recipes/inhouse/targets.toml, "
         f"budget {spent['budget']!r}): {t['steps']} steps of {t['batch_size']} patches of {t['patch_size']} LR px "
         f"on T91 + BSD200, {t['optimizer']} at lr {t['lr']:g} ({t['schedule']} schedule), loss {t['loss']}, "
-        f"{precision} forward passes, {t['weights']} weights; {spent['seconds'] / 60:.0f} min on {where}, "
+        f"{t['precision']} forward passes, {t['weights']} weights; {spent['seconds'] / 60:.0f} min on {where}, "
         f"{spent['threads']} thread(s) per "
         f"process, {spent['processes']} process(es) at once. Stored in fp16 (Set5 {fp16_cost:+.3f} dB against "
         f"the fp32 weights). Far shorter than the paper's training: the gap to its figures is the budget."
@@ -209,8 +209,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise SystemExit(f"{file}: {size} bytes ({shipped} in all) is over the package's budget")
     measured = _bench(path, scales, common["data-dir"])
     fp32 = _bench(run / "model.safetensors", scales, common["data-dir"])
-    # runs exported before model.json recorded the precision: the one the target asked for
-    precision = info["training"].get("precision") or target[args.budget].get("precision", "auto")
     doc = json.loads(MANIFEST.read_text(encoding="utf-8"))
     for scale in scales:
         entry = manifest_entry({**info, "sha256": sha, "size": size}, scale, [{"package": f"weights/{file}"}], file)
@@ -223,7 +221,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 "source": "upscale bench, standard protocol (../shared/README.md), these weights",
                 **measured[scale],
             },  # fmt: skip
-            notes=_notes(info, spent, cost, precision),
+            notes=_notes(info, spent, cost),
         )
         if str(scale) in target.get("paper", {}):
             entry["paper"] = {"source": info["paper"], **target["paper"][str(scale)]}
